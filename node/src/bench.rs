@@ -1,0 +1,190 @@
+//! `soma bench local`: the process primitive's figures (DESIGN.md §4), as JSON lines.
+//!
+//! Each result is printed as `{"bench":"local","metric":NAME,"value":X,"unit":U}`. The workloads:
+//!
+//! * `spawn_ns_per_process`, `spawn_bytes_per_process`: spawn 1,000,000 idle processes from one
+//!   task; bytes are the growth of the OS process's resident set (RSS) divided by the count.
+//! * `send_msgs_per_sec`: 2,000,000 one-way messages from one task to one process, timed until
+//!   the receiver has handled all of them.
+//! * `call_round_trips_per_sec`: 1,000,000 sequential calls from one task to one process.
+//! * `send_msgs_per_sec_traced`: the send case with live tracing on for the receiver (every
+//!   message captured into its ring) and `send_traced_ratio` = traced / untraced.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::{Behaviour, Context, Error, Node, NodeConfig, SpawnOpts};
+
+/// One benchmark figure.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BenchResult {
+    /// The benchmark family (`local`).
+    pub bench: &'static str,
+    /// What was measured.
+    pub metric: &'static str,
+    /// The figure.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+}
+
+/// Sizes of the local benchmark (the defaults are the figures).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalBenchSizes {
+    /// Idle processes spawned.
+    pub spawn: usize,
+    /// One-way messages sent.
+    pub send: u64,
+    /// Sequential calls made.
+    pub calls: u64,
+}
+
+impl Default for LocalBenchSizes {
+    fn default() -> Self {
+        LocalBenchSizes { spawn: 1_000_000, send: 2_000_000, calls: 1_000_000 }
+    }
+}
+
+struct Idle;
+
+impl Behaviour for Idle {
+    type Args = ();
+    type Msg = ();
+    type Call = ();
+    type Reply = ();
+    fn name() -> &'static str {
+        "bench.idle"
+    }
+    async fn init(_: &mut Context<Self>, _: ()) -> Result<Self, Error> {
+        Ok(Idle)
+    }
+}
+
+struct Sink {
+    left: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Behaviour for Sink {
+    type Args = (u64, oneshot::Sender<()>);
+    type Msg = u64;
+    type Call = ();
+    type Reply = ();
+    fn name() -> &'static str {
+        "bench.sink"
+    }
+    async fn init(_: &mut Context<Self>, (left, done): Self::Args) -> Result<Self, Error> {
+        Ok(Sink { left, done: Some(done) })
+    }
+    async fn handle(&mut self, _: &mut Context<Self>, _: u64) -> Result<(), Error> {
+        self.left -= 1;
+        if self.left == 0 {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Echo;
+
+impl Behaviour for Echo {
+    type Args = ();
+    type Msg = ();
+    type Call = u64;
+    type Reply = u64;
+    fn name() -> &'static str {
+        "bench.echo"
+    }
+    async fn init(_: &mut Context<Self>, _: ()) -> Result<Self, Error> {
+        Ok(Echo)
+    }
+    async fn handle_call(&mut self, _: &mut Context<Self>, x: u64) -> Result<u64, Error> {
+        Ok(x + 1)
+    }
+}
+
+/// Resident set size of this OS process, in bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn result(metric: &'static str, value: f64, unit: &'static str) -> BenchResult {
+    BenchResult { bench: "local", metric, value, unit }
+}
+
+async fn send_case(node: &Node, n: u64, traced: bool) -> Result<f64, Error> {
+    let (tx, rx) = oneshot::channel();
+    let sink = node.spawn::<Sink>((n, tx), SpawnOpts::labeled("sink"))?;
+    if traced {
+        node.trace(sink.pid(), true)?;
+    }
+    let t0 = Instant::now();
+    for i in 0..n {
+        sink.send(i)?;
+        // Let the receiver run on this worker too now and then, as a real sender would.
+        if i % 4096 == 4095 {
+            tokio::task::yield_now().await;
+        }
+    }
+    rx.await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    node.kill(sink.pid());
+    node.wait_exit(sink.pid()).await;
+    Ok(rate)
+}
+
+/// Runs the local benchmark and returns its figures (call from a tokio multi-thread runtime).
+pub async fn run_local(sizes: LocalBenchSizes, mut emit: impl FnMut(&BenchResult)) -> Result<Vec<BenchResult>, Error> {
+    let mut out = Vec::new();
+    let mut push = |r: BenchResult| {
+        emit(&r);
+        out.push(r);
+    };
+
+    // Spawn: 1M idle processes.
+    {
+        let node = Node::start(NodeConfig::named("bench-spawn"))?;
+        let rss0 = rss_bytes();
+        let t0 = Instant::now();
+        for _ in 0..sizes.spawn {
+            node.spawn::<Idle>((), SpawnOpts::default())?;
+        }
+        let dt = t0.elapsed();
+        let rss1 = rss_bytes();
+        assert_eq!(node.process_count(), sizes.spawn, "all spawned processes are alive");
+        push(result("spawn_ns_per_process", dt.as_nanos() as f64 / sizes.spawn as f64, "ns"));
+        push(result("spawn_bytes_per_process", rss1.saturating_sub(rss0) as f64 / sizes.spawn as f64, "bytes"));
+        node.shutdown(Duration::from_secs(30)).await;
+    }
+
+    let node = Node::start(NodeConfig::named("bench"))?;
+    // Warm up allocator and scheduler.
+    send_case(&node, sizes.send / 10, false).await?;
+    let untraced = send_case(&node, sizes.send, false).await?;
+    push(result("send_msgs_per_sec", untraced, "msgs/s"));
+
+    let echo = node.spawn::<Echo>((), SpawnOpts::labeled("echo"))?;
+    let timeout = Duration::from_secs(5);
+    for i in 0..(sizes.calls / 10) {
+        echo.call(i, timeout).await?;
+    }
+    let t0 = Instant::now();
+    for i in 0..sizes.calls {
+        let r = echo.call(i, timeout).await?;
+        debug_assert_eq!(r, i + 1);
+    }
+    push(result("call_round_trips_per_sec", sizes.calls as f64 / t0.elapsed().as_secs_f64(), "calls/s"));
+
+    let traced = send_case(&node, sizes.send, true).await?;
+    push(result("send_msgs_per_sec_traced", traced, "msgs/s"));
+    push(result("send_traced_ratio", traced / untraced, "ratio"));
+    node.shutdown(Duration::from_secs(5)).await;
+    Ok(out)
+}

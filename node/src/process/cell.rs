@@ -1,0 +1,550 @@
+//! The process cell: everything a process is while it exists, whether or not it is running.
+//!
+//! ## Layout and ownership
+//!
+//! A process is an `Arc<Cell<B>>` held by the node's process table (and by [`Addr`]s). It owns:
+//! * a [`Header`] with what is the same for every behaviour: PID, parent, an atomic flag word,
+//!   counters, and [`Meta`] (label, links, monitors, registered name, trace ring) behind a mutex;
+//! * the **mailbox** (`Mutex<Mailbox>`): the queue senders push to, the system-message queue,
+//!   and the scheduling state (`running`, `suspended`, `closed`);
+//! * the **inbox** (`Mutex<VecDeque>`): the batch the runner took from the mailbox and has not
+//!   handled yet. Only the runner pops from it; introspection may lock it to peek;
+//! * the **state** (`Mutex<Option<B>>`): the behaviour's state while the process is idle. The
+//!   runner takes it out for the length of an activation and puts it back before going idle.
+//!
+//! ## Scheduling invariant (no lost wake-ups, at most one runner)
+//!
+//! `Mailbox::running` is true iff a runner exists (a tokio task, or the inline init poll in
+//! `spawn`) or is about to be spawned. It is only changed under the mailbox lock:
+//! * a sender that pushes while `!running && !suspended` sets `running` and spawns a runner;
+//! * a runner that finds nothing to do (queue and sys queue empty, no kill pending, or suspended
+//!   with no sys message) puts the state back *first*, then clears `running` under the lock.
+//!
+//! Hence exactly one runner touches the state at a time, and every pushed message is handled by
+//! the runner that exists when it is pushed, or by the one the push spawns.
+//!
+//! Lock order: `inbox` before `mailbox`. `meta` is never held while taking another lock of the
+//! same cell.
+//!
+//! [`Addr`]: crate::Addr
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+use cluster_proto::{CorrelationId, ExitReason, MonitorRef, Pid};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::behaviour::{Behaviour, Down};
+use super::introspect::{ProcessInfo, ProcessStatus};
+use super::node::{NodeShared, SendError};
+use super::trace::{Payload, TraceKind, TraceRing};
+
+/// An exit signal is pending (see `Meta::pending_exit`): the runner must stop now.
+pub(crate) const F_KILL: u32 = 1;
+/// Tracing is on.
+pub(crate) const F_TRACED: u32 = 1 << 1;
+/// The system queue is non-empty.
+pub(crate) const F_SYS: u32 = 1 << 2;
+/// Suspended: user messages wait; system messages and kills are still handled.
+pub(crate) const F_SUSPENDED: u32 = 1 << 3;
+/// Trapping exits: exit signals become messages.
+pub(crate) const F_TRAP: u32 = 1 << 4;
+/// Exit processing has started; the process takes no more signals.
+pub(crate) const F_EXITING: u32 = 1 << 5;
+
+/// Most system requests queued at once per process (G8).
+const MAX_SYS: usize = 1024;
+/// Most senders remembered as waiting for room in a bounded mailbox (G8); more still wait,
+/// woken by the next drain.
+const MAX_WAITERS: usize = 4096;
+
+/// Limits on per-process link and monitor sets (G8).
+pub(crate) const MAX_LINKS: usize = 65_536;
+/// See [`MAX_LINKS`].
+pub(crate) const MAX_MONITORS: usize = 65_536;
+
+/// Where a call's reply goes.
+pub(crate) enum ReplyTo<R> {
+    Typed(oneshot::Sender<R>),
+    Json(oneshot::Sender<Result<serde_json::Value, String>>),
+}
+
+/// One entry of a mailbox.
+pub(crate) enum Envelope<B: Behaviour> {
+    Cast {
+        msg: B::Msg,
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    },
+    Call {
+        req: B::Call,
+        reply: ReplyTo<B::Reply>,
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    },
+    /// A trapped exit signal.
+    Exit {
+        from: Pid,
+        reason: ExitReason,
+    },
+    Down(Down),
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_else(|e| serde_json::Value::String(format!("<unserializable: {e}>")))
+}
+
+impl<B: Behaviour> Envelope<B> {
+    fn peek_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Envelope::Cast { msg, from, corr } => {
+                json!({"kind": "cast", "from": from, "corr": corr, "msg": to_json(msg)})
+            }
+            Envelope::Call { req, from, corr, .. } => {
+                json!({"kind": "call", "from": from, "corr": corr, "msg": to_json(req)})
+            }
+            Envelope::Exit { from, reason } => {
+                json!({"kind": "exit", "from": from, "reason": reason.to_string()})
+            }
+            Envelope::Down(d) => {
+                json!({"kind": "down", "pid": d.pid, "monitor": d.monitor, "reason": d.reason.to_string()})
+            }
+        }
+    }
+}
+
+/// Requests served by the runner itself, ahead of user messages and even while suspended.
+pub(crate) enum SysMsg {
+    GetState(oneshot::Sender<Option<serde_json::Value>>),
+}
+
+pub(crate) struct Mailbox<B: Behaviour> {
+    pub queue: VecDeque<Envelope<B>>,
+    pub sys: Vec<SysMsg>,
+    pub running: bool,
+    pub suspended: bool,
+    pub closed: bool,
+    /// Messages the runner took in its current batch (counted against a bounded capacity until
+    /// the runner comes back for more).
+    pub in_hand: usize,
+    /// Senders waiting for room in a bounded mailbox.
+    pub waiters: Vec<Waker>,
+}
+
+impl<B: Behaviour> Mailbox<B> {
+    pub(crate) fn wake_waiters(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Per-process metadata that is the same for every behaviour.
+#[derive(Default)]
+pub(crate) struct Meta {
+    pub label: Option<Arc<str>>,
+    pub links: Vec<Pid>,
+    /// Monitors this process holds on others.
+    pub monitors: Vec<(MonitorRef, Pid)>,
+    /// Monitors others hold on this process.
+    pub monitored_by: Vec<(MonitorRef, Pid)>,
+    /// Non-process observers waiting for the exit (`Node::wait_exit`).
+    pub exit_waiters: Vec<oneshot::Sender<ExitReason>>,
+    pub name: Option<Arc<str>>,
+    pub trace: Option<Box<TraceRing>>,
+    /// Waker of the handler future in flight, woken by a kill.
+    pub kill_waker: Option<Waker>,
+    /// The exit signal that set `F_KILL`.
+    pub pending_exit: Option<ExitReason>,
+    pub exited: Option<ExitReason>,
+}
+
+pub(crate) struct Header {
+    pub pid: Pid,
+    /// The spawning process (a supervisor, for supervised processes). Never changes.
+    pub parent: Option<Pid>,
+    pub flags: AtomicU32,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub meta: Mutex<Meta>,
+    pub node: Arc<NodeShared>,
+}
+
+impl Header {
+    #[inline]
+    pub(crate) fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// Single-writer counter bump (only the runner writes `received` and `sent`).
+    #[inline]
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Records a trace event if the ring exists.
+    pub(crate) fn trace(
+        &self,
+        kind: TraceKind,
+        peer: Option<Pid>,
+        corr: Option<CorrelationId>,
+        payload: Option<Box<dyn Payload>>,
+    ) {
+        let at = self.node.now_ns();
+        let mut meta = self.meta.lock();
+        if let Some(ring) = meta.trace.as_mut() {
+            ring.push(at, kind, peer, corr, payload);
+        }
+    }
+}
+
+/// The type-erased face of a process, used by the node (table, signals, introspection).
+pub(crate) trait AnyProcess: Send + Sync + 'static {
+    fn header(&self) -> &Header;
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// Delivers an exit signal (`kill` = untrappable).
+    fn exit_signal(self: Arc<Self>, from: Pid, reason: ExitReason, kill: bool);
+    /// Delivers a monitor's `Down`.
+    fn down(self: Arc<Self>, down: Down);
+    /// Queues a system request; false if the process is gone or its system queue is full.
+    fn sys(self: Arc<Self>, msg: SysMsg) -> bool;
+    fn set_suspended(self: Arc<Self>, on: bool);
+    fn info(&self) -> ProcessInfo;
+    fn peek_json(&self, max: usize) -> Vec<serde_json::Value>;
+    fn send_json(self: Arc<Self>, msg: serde_json::Value, corr: Option<CorrelationId>) -> Result<(), String>;
+    /// Sends a message of a type known only at run time (checked against the behaviour's).
+    fn push_any(
+        self: Arc<Self>,
+        msg: Box<dyn Any + Send>,
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    ) -> Result<(), SendError>;
+    fn call_json(
+        self: Arc<Self>,
+        req: serde_json::Value,
+        corr: Option<CorrelationId>,
+    ) -> Result<oneshot::Receiver<Result<serde_json::Value, String>>, String>;
+}
+
+/// A process. See the module docs.
+pub(crate) struct Cell<B: Behaviour> {
+    pub hdr: Header,
+    /// `usize::MAX` when unbounded.
+    pub capacity: usize,
+    pub mailbox: Mutex<Mailbox<B>>,
+    pub inbox: Mutex<VecDeque<Envelope<B>>>,
+    pub state: Mutex<Option<B>>,
+}
+
+/// Why a push was refused.
+pub(crate) enum PushError<B: Behaviour> {
+    Full(#[allow(dead_code)] Envelope<B>),
+}
+
+impl<B: Behaviour> Cell<B> {
+    pub(crate) fn new(
+        pid: Pid,
+        node: Arc<NodeShared>,
+        capacity: Option<usize>,
+        label: Option<Arc<str>>,
+        parent: Option<Pid>,
+    ) -> Cell<B> {
+        Cell {
+            hdr: Header {
+                pid,
+                parent,
+                flags: AtomicU32::new(0),
+                received: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+                meta: Mutex::new(Meta { label, ..Meta::default() }),
+                node,
+            },
+            capacity: capacity.unwrap_or(usize::MAX),
+            mailbox: Mutex::new(Mailbox {
+                queue: VecDeque::new(),
+                sys: Vec::new(),
+                // The spawner runs the first activation (init) itself.
+                running: true,
+                suspended: false,
+                closed: false,
+                in_hand: 0,
+                waiters: Vec::new(),
+            }),
+            inbox: Mutex::new(VecDeque::new()),
+            state: Mutex::new(None),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn pid(&self) -> Pid {
+        self.hdr.pid
+    }
+
+    /// Queues `env` if there is room, spawning a runner if the process is idle. A closed (dead)
+    /// mailbox drops it silently (G2). A full bounded mailbox gives it back.
+    #[inline]
+    pub(crate) fn push(self: &Arc<Self>, env: Envelope<B>) -> Result<(), PushError<B>> {
+        self.push_inner(env, false)
+    }
+
+    #[inline]
+    fn push_inner(self: &Arc<Self>, env: Envelope<B>, system: bool) -> Result<(), PushError<B>> {
+        if self.push_claim(env, system)? {
+            self.spawn_runner();
+        }
+        Ok(())
+    }
+
+    /// Queues `env`; returns `true` if the process was idle and the caller has *claimed* its
+    /// next activation (it must run or spawn a runner).
+    #[inline]
+    pub(crate) fn push_claim(&self, env: Envelope<B>, system: bool) -> Result<bool, PushError<B>> {
+        let mut mb = self.mailbox.lock();
+        if mb.closed {
+            drop(mb);
+            drop(env);
+            return Ok(false);
+        }
+        if !system && mb.queue.len() + mb.in_hand >= self.capacity {
+            return Err(PushError::Full(env));
+        }
+        mb.queue.push_back(env);
+        let claim = !mb.running && !mb.suspended;
+        mb.running |= claim;
+        Ok(claim)
+    }
+
+    /// Pushes, waiting for room in a bounded mailbox.
+    ///
+    /// # Cancel safety
+    /// If the future is dropped before it completes, the message was not queued.
+    pub(crate) async fn push_wait(self: &Arc<Self>, env: Envelope<B>) {
+        let mut env = Some(env);
+        std::future::poll_fn(|cx| {
+            let mut mb = self.mailbox.lock();
+            if mb.closed {
+                drop(mb);
+                env = None;
+                return std::task::Poll::Ready(());
+            }
+            if mb.queue.len() + mb.in_hand >= self.capacity {
+                if mb.waiters.len() < MAX_WAITERS && !mb.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    mb.waiters.push(cx.waker().clone());
+                }
+                return std::task::Poll::Pending;
+            }
+            if let Some(e) = env.take() {
+                mb.queue.push_back(e);
+            }
+            let spawn = !mb.running && !mb.suspended;
+            mb.running |= spawn;
+            drop(mb);
+            if spawn {
+                self.spawn_runner();
+            }
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Spawns a runner task. The caller has set `running`.
+    pub(crate) fn spawn_runner(self: &Arc<Self>) {
+        let cell = Arc::clone(self);
+        self.hdr.node.rt.spawn(super::runner::run(cell, None));
+    }
+
+    /// Schedules a runner if none exists (for kills and system messages).
+    fn schedule(self: &Arc<Self>) {
+        let mut mb = self.mailbox.lock();
+        if mb.running || mb.closed {
+            return;
+        }
+        mb.running = true;
+        drop(mb);
+        self.spawn_runner();
+    }
+
+    /// Makes the process exit with `reason` as soon as its runner gets to it (interrupting a
+    /// handler in flight). `Killed` overrides any earlier pending reason.
+    pub(crate) fn raise_exit(self: &Arc<Self>, reason: ExitReason) {
+        let waker = {
+            let mut meta = self.hdr.meta.lock();
+            if meta.exited.is_some() {
+                return;
+            }
+            if meta.pending_exit.is_none() || reason == ExitReason::Killed {
+                meta.pending_exit = Some(reason);
+            }
+            self.hdr.flags.fetch_or(F_KILL, Ordering::SeqCst);
+            meta.kill_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.schedule();
+    }
+}
+
+impl<B: Behaviour> AnyProcess for Cell<B> {
+    fn header(&self) -> &Header {
+        &self.hdr
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn exit_signal(self: Arc<Self>, from: Pid, reason: ExitReason, kill: bool) {
+        let f = self.hdr.flags.load(Ordering::SeqCst);
+        if f & F_EXITING != 0 {
+            return;
+        }
+        if kill {
+            self.raise_exit(ExitReason::Killed);
+        } else if f & F_TRAP != 0 {
+            // Trapped: becomes a message, in order with what `from` sent before.
+            let _ = self.push_inner(Envelope::Exit { from, reason }, true);
+        } else if reason != ExitReason::Normal {
+            self.raise_exit(reason);
+        }
+    }
+
+    fn down(self: Arc<Self>, down: Down) {
+        // System notifications are never refused by a bounded mailbox.
+        let _ = self.push_inner(Envelope::Down(down), true);
+    }
+
+    fn sys(self: Arc<Self>, msg: SysMsg) -> bool {
+        let mut mb = self.mailbox.lock();
+        if mb.closed || mb.sys.len() >= MAX_SYS {
+            return false;
+        }
+        mb.sys.push(msg);
+        self.hdr.flags.fetch_or(F_SYS, Ordering::SeqCst);
+        // Served even while suspended.
+        let spawn = !mb.running;
+        mb.running |= spawn;
+        drop(mb);
+        if spawn {
+            self.spawn_runner();
+        }
+        true
+    }
+
+    fn set_suspended(self: Arc<Self>, on: bool) {
+        let mut mb = self.mailbox.lock();
+        if mb.closed {
+            return;
+        }
+        mb.suspended = on;
+        if on {
+            self.hdr.flags.fetch_or(F_SUSPENDED, Ordering::SeqCst);
+            return;
+        }
+        self.hdr.flags.fetch_and(!F_SUSPENDED, Ordering::SeqCst);
+        // Resume: a runner that stopped for the suspension may have left messages in the queue
+        // or in its in-hand batch; a fresh runner finds them (or goes idle at once).
+        let spawn = !mb.running;
+        mb.running |= spawn;
+        drop(mb);
+        if spawn {
+            self.spawn_runner();
+        }
+    }
+
+    fn info(&self) -> ProcessInfo {
+        let f = self.hdr.flags.load(Ordering::Relaxed);
+        let (running, queued, qcap) = {
+            let inbox = self.inbox.lock();
+            let mb = self.mailbox.lock();
+            (mb.running, inbox.len() + mb.queue.len(), inbox.capacity() + mb.queue.capacity())
+        };
+        // The state is only measurable while idle (the runner owns it otherwise).
+        let state_heap = self.state.try_lock().and_then(|s| s.as_ref().map(|b| b.heap_size())).unwrap_or(0);
+        let meta = self.hdr.meta.lock();
+        let status = if f & F_EXITING != 0 || meta.exited.is_some() {
+            ProcessStatus::Exiting
+        } else if f & F_SUSPENDED != 0 {
+            ProcessStatus::Suspended
+        } else if running {
+            ProcessStatus::Running
+        } else {
+            ProcessStatus::Waiting
+        };
+        let memory = std::mem::size_of::<Cell<B>>()
+            + 2 * std::mem::size_of::<usize>() // Arc counts
+            + qcap * std::mem::size_of::<Envelope<B>>()
+            + state_heap
+            + meta.links.capacity() * std::mem::size_of::<Pid>()
+            + (meta.monitors.capacity() + meta.monitored_by.capacity()) * std::mem::size_of::<(MonitorRef, Pid)>()
+            + meta.trace.as_ref().map_or(0, |t| t.approx_bytes());
+        ProcessInfo {
+            pid: self.hdr.pid,
+            label: meta.label.as_deref().map(str::to_owned),
+            behaviour: B::name().to_owned(),
+            status,
+            mailbox_depth: queued,
+            mailbox_capacity: (self.capacity != usize::MAX).then_some(self.capacity),
+            received: self.hdr.received.load(Ordering::Relaxed),
+            sent: self.hdr.sent.load(Ordering::Relaxed),
+            links: meta.links.clone(),
+            monitors: meta.monitors.iter().map(|(_, p)| *p).collect(),
+            monitored_by: meta.monitored_by.iter().map(|(_, p)| *p).collect(),
+            parent: self.hdr.parent,
+            registered_name: meta.name.as_deref().map(str::to_owned),
+            trap_exit: f & F_TRAP != 0,
+            traced: f & F_TRACED != 0,
+            memory_bytes: memory,
+        }
+    }
+
+    fn peek_json(&self, max: usize) -> Vec<serde_json::Value> {
+        let inbox = self.inbox.lock();
+        let mb = self.mailbox.lock();
+        inbox.iter().chain(mb.queue.iter()).take(max).map(Envelope::peek_json).collect()
+    }
+
+    fn send_json(self: Arc<Self>, msg: serde_json::Value, corr: Option<CorrelationId>) -> Result<(), String> {
+        let msg: B::Msg =
+            serde_json::from_value(msg).map_err(|e| format!("not a message {} understands: {e}", B::name()))?;
+        match self.push(Envelope::Cast { msg, from: None, corr }) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full(_)) => Err("mailbox full".to_owned()),
+        }
+    }
+
+    fn push_any(
+        self: Arc<Self>,
+        msg: Box<dyn Any + Send>,
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    ) -> Result<(), SendError> {
+        let pid = self.pid();
+        match msg.downcast::<B::Msg>() {
+            Ok(msg) => match self.push(Envelope::Cast { msg: *msg, from, corr }) {
+                Ok(()) => Ok(()),
+                Err(PushError::Full(_)) => Err(SendError::Full(pid)),
+            },
+            Err(_) => Err(SendError::WrongType { pid, behaviour: B::name() }),
+        }
+    }
+
+    fn call_json(
+        self: Arc<Self>,
+        req: serde_json::Value,
+        corr: Option<CorrelationId>,
+    ) -> Result<oneshot::Receiver<Result<serde_json::Value, String>>, String> {
+        let req: B::Call =
+            serde_json::from_value(req).map_err(|e| format!("not a request {} understands: {e}", B::name()))?;
+        let (tx, rx) = oneshot::channel();
+        match self.push(Envelope::Call { req, reply: ReplyTo::Json(tx), from: None, corr }) {
+            Ok(()) => Ok(rx),
+            Err(PushError::Full(_)) => Err("mailbox full".to_owned()),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! AgentProcess: the process primitive. See `ARCHITECTURE.md` for the design and invariants.
+
+pub mod behaviour;
+pub(crate) mod cell;
+pub mod context;
+pub mod introspect;
+pub mod node;
+pub(crate) mod runner;
+pub mod trace;

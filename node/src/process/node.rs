@@ -1,0 +1,957 @@
+//! [`Node`]: one soma node's process runtime — spawn, the process table, signals between
+//! processes, the registry, and introspection.
+//!
+//! A `Node` is a cheap handle (`Clone`) onto shared state. Several nodes can live in one OS
+//! process (tests do that); each has its own name, creation and process table.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use cluster_proto::{CorrelationId, ExitReason, MonitorRef, NodeId, NodeNameError, Pid};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tokio::sync::oneshot;
+
+use super::behaviour::{Behaviour, Down};
+use super::cell::{
+    AnyProcess, Cell, Envelope, PushError, ReplyTo, SysMsg, F_EXITING, F_TRACED, MAX_LINKS, MAX_MONITORS,
+};
+use super::introspect::{ProcessInfo, TreeNode};
+use super::trace::{TraceEvent, TraceKind, TraceRing};
+
+const SHARDS: usize = 64;
+
+/// Configuration of a node's process runtime.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name (`[A-Za-z0-9_.-]`, ≤ 64 bytes).
+    pub name: String,
+    /// The node's creation (incarnation) number; by default the start time in milliseconds
+    /// since the Unix epoch, so a restarted node is a new incarnation (G1).
+    pub creation: Option<u64>,
+    /// Capacity of a process's trace ring when tracing is switched on (default 1024).
+    pub trace_capacity: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: "soma".to_owned(), creation: None, trace_capacity: 1024 }
+    }
+}
+
+impl NodeConfig {
+    /// A configuration with the given node name and defaults otherwise.
+    pub fn named(name: impl Into<String>) -> Self {
+        NodeConfig { name: name.into(), ..NodeConfig::default() }
+    }
+}
+
+/// Mailbox kind, chosen at spawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MailboxKind {
+    /// No bound: sends never fail or wait (memory is the limit — prefer bounded for untrusted load).
+    #[default]
+    Unbounded,
+    /// At most this many queued messages (≥ 1): `send` fails with [`SendError::Full`],
+    /// `send_wait` waits for room. System notifications (Down, trapped exits) are never refused.
+    Bounded(usize),
+}
+
+/// Options for spawning a process.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOpts {
+    /// Human-readable identity shown in logs, crash reports, info and the tree.
+    pub label: Option<String>,
+    /// Bounded or unbounded mailbox.
+    pub mailbox: MailboxKind,
+    /// Register the process under this name before its `init` runs.
+    pub register: Option<String>,
+    /// Start with live tracing on.
+    pub trace: bool,
+}
+
+impl SpawnOpts {
+    /// Options with a label.
+    pub fn labeled(label: impl Into<String>) -> Self {
+        SpawnOpts { label: Some(label.into()), ..SpawnOpts::default() }
+    }
+
+    /// Sets a bounded mailbox.
+    pub fn bounded(mut self, capacity: usize) -> Self {
+        self.mailbox = MailboxKind::Bounded(capacity);
+        self
+    }
+}
+
+/// Errors of `Node::start`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node name is invalid.
+    #[error("invalid node name: {0}")]
+    Name(#[from] NodeNameError),
+    /// No tokio runtime to run processes on.
+    #[error("Node::start must be called inside a tokio runtime (or use Node::start_on)")]
+    NoRuntime,
+}
+
+/// Why a spawn failed. (An `init` error is not a spawn error: the process exits with
+/// `crashed`, which links and monitors see.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// A bounded mailbox of capacity 0 was asked for.
+    #[error("a bounded mailbox needs a capacity of at least 1")]
+    ZeroCapacity,
+    /// Registering the name failed.
+    #[error(transparent)]
+    Register(#[from] RegistryError),
+}
+
+/// Why a send failed. Sending to a dead or unreachable process is *not* an error (G2): the
+/// message is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The bounded mailbox is full.
+    #[error("mailbox of {0} is full")]
+    Full(Pid),
+    /// The process's behaviour does not take this message type.
+    #[error("{pid} runs {behaviour}, which does not take messages of this type")]
+    WrongType {
+        /// The target.
+        pid: Pid,
+        /// Its behaviour.
+        behaviour: &'static str,
+    },
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No reply within the timeout.
+    #[error("call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The process was not alive when called.
+    #[error("no such process")]
+    NoProc,
+    /// The process exited (or crashed handling the request) before replying.
+    #[error("process exited before replying")]
+    Exited,
+    /// The bounded mailbox is full.
+    #[error("mailbox full")]
+    Full,
+    /// The request could not be decoded / the behaviour does not take it.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// Registry errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The name is registered to another process.
+    #[error("name {0:?} is already registered")]
+    NameTaken(String),
+    /// The process already has a name.
+    #[error("process {0} is already registered as {1:?}")]
+    AlreadyRegistered(Pid, String),
+    /// The process is not alive (or not on this node).
+    #[error("no such process {0}")]
+    NoProc(Pid),
+    /// The name is empty or longer than 255 bytes.
+    #[error("invalid name {0:?}: must be 1..=255 bytes")]
+    BadName(String),
+}
+
+/// Introspection errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntrospectError {
+    /// The process is not alive (or not on this node).
+    #[error("no such process {0}")]
+    NoProc(Pid),
+    /// The behaviour does not expose its state.
+    #[error("{0} does not expose its state (Behaviour::snapshot)")]
+    NoSnapshot(Pid),
+    /// The process did not answer in time (busy in a long handler).
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(Pid, Duration),
+}
+
+type Shard = Mutex<FxHashMap<u64, Arc<dyn AnyProcess>>>;
+
+/// State shared by all handles of one node and by its processes.
+pub(crate) struct NodeShared {
+    pub(crate) id: NodeId,
+    pub(crate) rt: tokio::runtime::Handle,
+    next_serial: AtomicU64,
+    next_ref: AtomicU64,
+    shards: Box<[Shard]>,
+    registry: Mutex<FxHashMap<Arc<str>, Pid>>,
+    started: Instant,
+    trace_capacity: usize,
+    shutting_down: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// A soma node's process runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.shared.id).finish()
+    }
+}
+
+/// A typed handle to a local process: send, call, and its PID. Cheap to clone; holding one does
+/// not keep the process alive (sending to an exited process drops the message).
+pub struct Addr<B: Behaviour> {
+    pub(crate) cell: Arc<Cell<B>>,
+}
+
+impl<B: Behaviour> Clone for Addr<B> {
+    fn clone(&self) -> Self {
+        Addr { cell: Arc::clone(&self.cell) }
+    }
+}
+
+impl<B: Behaviour> std::fmt::Debug for Addr<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Addr<{}>({})", B::name(), self.cell.pid())
+    }
+}
+
+impl<B: Behaviour> Addr<B> {
+    /// The process's PID.
+    pub fn pid(&self) -> Pid {
+        self.cell.pid()
+    }
+
+    pub(crate) fn push(&self, env: Envelope<B>) -> Result<(), SendError> {
+        match self.cell.push(env) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full(_)) => Err(SendError::Full(self.pid())),
+        }
+    }
+
+    /// Sends a message without waiting. Fails only if the mailbox is bounded and full; a message
+    /// to an exited process is dropped silently (G2).
+    pub fn send(&self, msg: B::Msg) -> Result<(), SendError> {
+        self.push(Envelope::Cast { msg, from: None, corr: None })
+    }
+
+    /// Like [`send`](Self::send), with a correlation ID.
+    pub fn send_with(&self, msg: B::Msg, corr: Option<CorrelationId>) -> Result<(), SendError> {
+        self.push(Envelope::Cast { msg, from: None, corr })
+    }
+
+    /// Sends a message, waiting for room if the mailbox is bounded and full.
+    ///
+    /// # Cancel safety
+    /// If dropped before completion, the message was not sent.
+    pub async fn send_wait(&self, msg: B::Msg) {
+        self.cell.push_wait(Envelope::Cast { msg, from: None, corr: None }).await
+    }
+
+    /// Calls the process and waits up to `timeout` for the reply.
+    pub async fn call(&self, req: B::Call, timeout: Duration) -> Result<B::Reply, CallError> {
+        call_cell(&self.cell, req, None, None, timeout).await
+    }
+
+    /// Like [`call`](Self::call), with a correlation ID.
+    pub async fn call_with(
+        &self,
+        req: B::Call,
+        corr: Option<CorrelationId>,
+        timeout: Duration,
+    ) -> Result<B::Reply, CallError> {
+        call_cell(&self.cell, req, None, corr, timeout).await
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_alive(&self) -> bool {
+        self.cell.hdr.flags() & F_EXITING == 0
+    }
+}
+
+/// The call path shared by `Addr::call` and `Context::call`.
+pub(crate) async fn call_cell<T: Behaviour>(
+    cell: &Arc<Cell<T>>,
+    req: T::Call,
+    from: Option<Pid>,
+    corr: Option<CorrelationId>,
+    timeout: Duration,
+) -> Result<T::Reply, CallError> {
+    if cell.hdr.flags() & F_EXITING != 0 {
+        return Err(CallError::NoProc);
+    }
+    let (tx, mut rx) = oneshot::channel();
+    match cell.push_claim(Envelope::Call { req, reply: ReplyTo::Typed(tx), from, corr }, false) {
+        Err(PushError::Full(_)) => return Err(CallError::Full),
+        // Direct handoff: the callee was idle, so this task runs its activation (see
+        // `runner::run_inline`); the reply is then usually there without any scheduling.
+        Ok(true) => super::runner::run_inline(cell).await,
+        Ok(false) => {}
+    }
+    if let Ok(rep) = rx.try_recv() {
+        return Ok(rep);
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(rep)) => Ok(rep),
+        Ok(Err(_)) => Err(CallError::Exited),
+        Err(_) => Err(CallError::Timeout(timeout)),
+    }
+}
+
+fn creation_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Starts a node on the current tokio runtime.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
+        Self::start_on(config, rt)
+    }
+
+    /// Starts a node whose processes run on the given tokio runtime.
+    pub fn start_on(config: NodeConfig, rt: tokio::runtime::Handle) -> Result<Node, NodeError> {
+        let creation = config.creation.unwrap_or_else(creation_now);
+        let id = NodeId::intern(&config.name, creation)?;
+        let shards = (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect();
+        Ok(Node {
+            shared: Arc::new(NodeShared {
+                id,
+                rt,
+                next_serial: AtomicU64::new(1),
+                next_ref: AtomicU64::new(1),
+                shards,
+                registry: Mutex::new(FxHashMap::default()),
+                started: Instant::now(),
+                trace_capacity: config.trace_capacity.clamp(1, TraceRing::MAX_CAPACITY),
+                shutting_down: AtomicBool::new(false),
+                dropped: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub(crate) fn from_shared(shared: Arc<NodeShared>) -> Node {
+        Node { shared }
+    }
+
+    /// This node's identity (name + creation).
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The PID that stands for the node itself (serial 0): the sender of exit signals sent by
+    /// the runtime or an operator rather than by a process.
+    pub fn node_pid(&self) -> Pid {
+        Pid::new(self.shared.id, 0)
+    }
+
+    /// Spawns a process running behaviour `B`, with no parent. `init` runs before this returns
+    /// (unless it awaits something, in which case it goes on in the background and messages
+    /// queue until it finished).
+    pub fn spawn<B: Behaviour>(&self, args: B::Args, opts: SpawnOpts) -> Result<Addr<B>, SpawnError> {
+        self.shared.spawn_inner::<B>(args, opts, None, false, false).map(|(a, _)| a)
+    }
+
+    /// A typed handle to a local process, if it is alive and runs behaviour `B`.
+    pub fn addr<B: Behaviour>(&self, pid: Pid) -> Option<Addr<B>> {
+        let p = self.shared.lookup(pid)?;
+        p.into_any().downcast::<Cell<B>>().ok().map(|cell| Addr { cell })
+    }
+
+    /// Sends `msg` to `pid`; `M` must be the target behaviour's message type. A dead or unknown
+    /// PID drops the message (G2).
+    pub fn send<M: super::behaviour::Message>(&self, pid: Pid, msg: M) -> Result<(), SendError> {
+        self.shared.send_any(pid, Box::new(msg), None, None)
+    }
+
+    /// Sends a JSON message to `pid`, decoded into its behaviour's message type.
+    pub fn send_json(&self, pid: Pid, msg: serde_json::Value, corr: Option<CorrelationId>) -> Result<(), String> {
+        match self.shared.lookup(pid) {
+            Some(p) => p.send_json(msg, corr),
+            None => Err(format!("no such process {pid}")),
+        }
+    }
+
+    /// Calls `pid` with a JSON request and returns the JSON reply.
+    pub async fn call_json(
+        &self,
+        pid: Pid,
+        req: serde_json::Value,
+        corr: Option<CorrelationId>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CallError> {
+        let p = self.shared.lookup(pid).ok_or(CallError::NoProc)?;
+        let rx = p.call_json(req, corr).map_err(CallError::BadRequest)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(CallError::BadRequest(e)),
+            Ok(Err(_)) => Err(CallError::Exited),
+            Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
+
+    /// Sends an exit signal to `pid` from the node (as Erlang's `exit(Pid, Reason)`): a process
+    /// that traps exits gets it as `handle_exit`; otherwise any reason but `normal` stops it
+    /// with that reason (no `terminate`).
+    pub fn exit(&self, pid: Pid, reason: ExitReason) {
+        self.shared.exit_signal(self.node_pid(), pid, reason, false);
+    }
+
+    /// Kills `pid` unconditionally: it stops at once with reason `killed`, even inside a handler
+    /// that is awaiting something; `terminate` does not run.
+    pub fn kill(&self, pid: Pid) {
+        self.shared.exit_signal(self.node_pid(), pid, ExitReason::Killed, true);
+    }
+
+    /// Waits until `pid` exits and returns its reason (`noproc` if it is not alive). Like a
+    /// monitor held by code that is not a process.
+    pub fn wait_exit(&self, pid: Pid) -> impl Future<Output = ExitReason> + Send + 'static {
+        let rx = self.shared.lookup(pid).and_then(|p| {
+            let mut meta = p.header().meta.lock();
+            if meta.exited.is_some() {
+                return None;
+            }
+            let (tx, rx) = oneshot::channel();
+            meta.exit_waiters.push(tx);
+            Some(rx)
+        });
+        async move {
+            match rx {
+                Some(rx) => rx.await.unwrap_or(ExitReason::NoProc),
+                None => ExitReason::NoProc,
+            }
+        }
+    }
+
+    /// Registers `pid` under `name` (a process has at most one name; the name goes with it).
+    pub fn register(&self, name: &str, pid: Pid) -> Result<(), RegistryError> {
+        self.shared.register(name, pid)
+    }
+
+    /// Removes a registered name. Returns the PID it named.
+    pub fn unregister(&self, name: &str) -> Option<Pid> {
+        let pid = self.shared.registry.lock().remove(name)?;
+        if let Some(p) = self.shared.lookup(pid) {
+            let mut meta = p.header().meta.lock();
+            if meta.name.as_deref() == Some(name) {
+                meta.name = None;
+            }
+        }
+        Some(pid)
+    }
+
+    /// The PID registered under `name`.
+    pub fn whereis(&self, name: &str) -> Option<Pid> {
+        self.shared.registry.lock().get(name).copied()
+    }
+
+    /// All registered names, sorted.
+    pub fn registered(&self) -> Vec<(String, Pid)> {
+        let mut v: Vec<_> = self.shared.registry.lock().iter().map(|(n, p)| (n.to_string(), *p)).collect();
+        v.sort();
+        v
+    }
+
+    /// Info about a live process.
+    pub fn info(&self, pid: Pid) -> Result<ProcessInfo, IntrospectError> {
+        self.shared.lookup(pid).map(|p| p.info()).ok_or(IntrospectError::NoProc(pid))
+    }
+
+    /// Up to `max` queued messages, oldest first, as JSON — without consuming them.
+    pub fn peek(&self, pid: Pid, max: usize) -> Result<Vec<serde_json::Value>, IntrospectError> {
+        self.shared.lookup(pid).map(|p| p.peek_json(max)).ok_or(IntrospectError::NoProc(pid))
+    }
+
+    /// The state of a process as JSON (behaviours that implement `snapshot`). Served by the
+    /// process between messages, even while suspended; waits up to `timeout`.
+    pub async fn state(&self, pid: Pid, timeout: Duration) -> Result<serde_json::Value, IntrospectError> {
+        let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
+        let (tx, rx) = oneshot::channel();
+        if !p.sys(SysMsg::GetState(tx)) {
+            return Err(IntrospectError::NoProc(pid));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Some(v))) => Ok(v),
+            Ok(Ok(None)) => Err(IntrospectError::NoSnapshot(pid)),
+            Ok(Err(_)) => Err(IntrospectError::NoProc(pid)),
+            Err(_) => Err(IntrospectError::Timeout(pid, timeout)),
+        }
+    }
+
+    /// Switches live tracing of `pid` on or off. Turning it on allocates the ring (kept, with
+    /// what it captured, when switched off; turning on again continues it).
+    pub fn trace(&self, pid: Pid, on: bool) -> Result<(), IntrospectError> {
+        let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
+        self.shared.set_trace(&*p, on);
+        Ok(())
+    }
+
+    /// Trace events of `pid` with sequence number greater than `after`, at most `max`.
+    pub fn trace_read(&self, pid: Pid, after: u64, max: usize) -> Result<Vec<TraceEvent>, IntrospectError> {
+        let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
+        let meta = p.header().meta.lock();
+        Ok(meta.trace.as_ref().map(|r| r.read(pid, after, max)).unwrap_or_default())
+    }
+
+    /// A live stream of `pid`'s trace events from now on (tracing must be on, or be switched on
+    /// later). Ends after the process's `exited` event.
+    pub fn trace_stream(&self, pid: Pid) -> Result<TraceStream, IntrospectError> {
+        let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
+        let (notify, after) = {
+            let mut meta = p.header().meta.lock();
+            let cap = self.shared.trace_capacity;
+            let ring = meta.trace.get_or_insert_with(|| Box::new(TraceRing::new(cap)));
+            ring.watchers += 1;
+            let last = ring.read(pid, 0, usize::MAX).last().map_or(0, |e| e.seq);
+            (Arc::clone(&ring.notify), last)
+        };
+        Ok(TraceStream { proc: p, pid, notify, after, buf: std::collections::VecDeque::new(), done: false })
+    }
+
+    /// Suspends a process: messages queue up unhandled until [`resume`](Self::resume); it still
+    /// answers introspection and can be killed.
+    pub fn suspend(&self, pid: Pid) -> Result<(), IntrospectError> {
+        let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
+        p.set_suspended(true);
+        Ok(())
+    }
+
+    /// Resumes a suspended process.
+    pub fn resume(&self, pid: Pid) -> Result<(), IntrospectError> {
+        let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
+        p.set_suspended(false);
+        Ok(())
+    }
+
+    /// PIDs of all live processes on this node, in spawn order.
+    pub fn processes(&self) -> Vec<Pid> {
+        let mut v: Vec<Pid> = Vec::new();
+        for shard in self.shared.shards.iter() {
+            v.extend(shard.lock().values().map(|p| p.header().pid));
+        }
+        v.sort_by_key(|p| p.serial());
+        v
+    }
+
+    /// Number of live processes.
+    pub fn process_count(&self) -> usize {
+        self.shared.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Messages dropped because their target was dead, unknown or unreachable.
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The node's process tree: each process under its parent, roots (no live parent) at the
+    /// top, in spawn order.
+    pub fn tree(&self) -> Vec<TreeNode> {
+        let mut procs: Vec<Arc<dyn AnyProcess>> = Vec::new();
+        for shard in self.shared.shards.iter() {
+            procs.extend(shard.lock().values().cloned());
+        }
+        procs.sort_by_key(|p| p.header().pid.serial());
+        let mut children: FxHashMap<Pid, Vec<usize>> = FxHashMap::default();
+        let alive: rustc_hash::FxHashSet<Pid> = procs.iter().map(|p| p.header().pid).collect();
+        let mut roots = Vec::new();
+        for (i, p) in procs.iter().enumerate() {
+            match p.header().parent {
+                Some(parent) if alive.contains(&parent) => children.entry(parent).or_default().push(i),
+                _ => roots.push(i),
+            }
+        }
+        fn build(
+            i: usize,
+            procs: &[Arc<dyn AnyProcess>],
+            children: &FxHashMap<Pid, Vec<usize>>,
+            depth: usize,
+        ) -> TreeNode {
+            let info = procs[i].info();
+            let kids = if depth < 64 {
+                children
+                    .get(&info.pid)
+                    .map_or_else(Vec::new, |c| c.iter().map(|&j| build(j, procs, children, depth + 1)).collect())
+            } else {
+                Vec::new()
+            };
+            TreeNode {
+                pid: info.pid,
+                label: info.label,
+                behaviour: info.behaviour,
+                status: info.status,
+                children: kids,
+            }
+        }
+        roots.into_iter().map(|i| build(i, &procs, &children, 0)).collect()
+    }
+
+    /// Stops every process: top-level processes get an exit signal `shutdown` (supervisors
+    /// stop their children in order), then whatever is left after `timeout` is killed.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let roots: Vec<Pid> = self.tree().iter().rev().map(|t| t.pid).collect();
+        let waits: Vec<_> = self.processes().into_iter().map(|p| self.wait_exit(p)).collect();
+        for pid in roots {
+            self.exit(pid, ExitReason::Shutdown);
+        }
+        let all = async {
+            for w in waits {
+                w.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            for pid in self.processes() {
+                self.kill(pid);
+            }
+            let waits: Vec<_> = self.processes().into_iter().map(|p| self.wait_exit(p)).collect();
+            for w in waits {
+                w.await;
+            }
+        }
+    }
+}
+
+/// A live stream of one process's trace events (see [`Node::trace_stream`]).
+pub struct TraceStream {
+    proc: Arc<dyn AnyProcess>,
+    pid: Pid,
+    notify: Arc<tokio::sync::Notify>,
+    after: u64,
+    buf: std::collections::VecDeque<TraceEvent>,
+    done: bool,
+}
+
+impl TraceStream {
+    /// The next event; `None` once the process has exited and its last event was returned.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: no event is lost if the future is dropped before completion.
+    pub async fn next(&mut self) -> Option<TraceEvent> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                if e.kind == TraceKind::Exited {
+                    self.done = true;
+                }
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let exited = {
+                let meta = self.proc.header().meta.lock();
+                if let Some(ring) = meta.trace.as_ref() {
+                    self.buf.extend(ring.read(self.pid, self.after, 256));
+                }
+                meta.exited.is_some()
+            };
+            if let Some(last) = self.buf.back() {
+                self.after = last.seq;
+                continue;
+            }
+            if exited {
+                self.done = true;
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TraceStream {
+    fn drop(&mut self) {
+        if let Some(ring) = self.proc.header().meta.lock().trace.as_mut() {
+            ring.watchers = ring.watchers.saturating_sub(1);
+        }
+    }
+}
+
+/// A future that is always ready — used to poll `init` inline.
+fn poll_inline<F: Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    fut.poll(&mut cx)
+}
+
+impl NodeShared {
+    #[inline]
+    fn shard(&self, serial: u64) -> &Shard {
+        &self.shards[(serial as usize) % SHARDS]
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Milliseconds since the node started (the monotonic clock fed to supervision decisions).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn lookup(&self, pid: Pid) -> Option<Arc<dyn AnyProcess>> {
+        if pid.node() != self.id {
+            return None;
+        }
+        self.shard(pid.serial()).lock().get(&pid.serial()).cloned()
+    }
+
+    pub(crate) fn spawn_inner<B: Behaviour>(
+        self: &Arc<Self>,
+        args: B::Args,
+        opts: SpawnOpts,
+        parent: Option<Pid>,
+        link: bool,
+        monitor: bool,
+    ) -> Result<(Addr<B>, Option<MonitorRef>), SpawnError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(SpawnError::ShuttingDown);
+        }
+        let capacity = match opts.mailbox {
+            MailboxKind::Unbounded => None,
+            MailboxKind::Bounded(0) => return Err(SpawnError::ZeroCapacity),
+            MailboxKind::Bounded(n) => Some(n),
+        };
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let pid = Pid::new(self.id, serial);
+        let label = opts.label.map(Arc::<str>::from);
+        let cell = Arc::new(Cell::<B>::new(pid, Arc::clone(self), capacity, label, parent));
+        self.shard(serial).lock().insert(serial, cell.clone() as Arc<dyn AnyProcess>);
+        if let Some(name) = opts.register.as_deref() {
+            if let Err(e) = self.register(name, pid) {
+                self.shard(serial).lock().remove(&serial);
+                return Err(e.into());
+            }
+        }
+        if opts.trace {
+            self.set_trace(&*cell, true);
+        }
+        let mut mref = None;
+        if let Some(parent) = parent {
+            if link {
+                self.link(parent, pid);
+            }
+            if monitor {
+                mref = Some(self.monitor(parent, pid));
+            }
+        }
+        // The first activation (init) runs here, inline; it becomes a task only if it awaits.
+        let mut fut = Box::pin(super::runner::run::<B>(Arc::clone(&cell), Some(args)));
+        let pending = {
+            let _guard = tokio::task::try_id().is_none().then(|| self.rt.enter());
+            poll_inline(fut.as_mut()).is_pending()
+        };
+        if pending {
+            self.rt.spawn(fut);
+        }
+        Ok((Addr { cell }, mref))
+    }
+
+    pub(crate) fn send_any(
+        &self,
+        pid: Pid,
+        msg: Box<dyn Any + Send>,
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    ) -> Result<(), SendError> {
+        let Some(p) = self.lookup(pid) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        p.push_any(msg, from, corr)
+    }
+
+    pub(crate) fn set_trace(&self, p: &dyn AnyProcess, on: bool) {
+        let hdr = p.header();
+        let mut meta = hdr.meta.lock();
+        if on {
+            let cap = self.trace_capacity;
+            meta.trace.get_or_insert_with(|| Box::new(TraceRing::new(cap)));
+            hdr.flags.fetch_or(F_TRACED, Ordering::SeqCst);
+        } else {
+            hdr.flags.fetch_and(!F_TRACED, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn exit_signal(&self, from: Pid, to: Pid, reason: ExitReason, kill: bool) {
+        if let Some(p) = self.lookup(to) {
+            p.exit_signal(from, reason, kill);
+        }
+    }
+
+    pub(crate) fn register(&self, name: &str, pid: Pid) -> Result<(), RegistryError> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(RegistryError::BadName(name.to_owned()));
+        }
+        let p = self.lookup(pid).ok_or(RegistryError::NoProc(pid))?;
+        let mut reg = self.registry.lock();
+        if reg.contains_key(name) {
+            return Err(RegistryError::NameTaken(name.to_owned()));
+        }
+        let mut meta = p.header().meta.lock();
+        if meta.exited.is_some() {
+            return Err(RegistryError::NoProc(pid));
+        }
+        if let Some(old) = &meta.name {
+            return Err(RegistryError::AlreadyRegistered(pid, old.to_string()));
+        }
+        let name: Arc<str> = Arc::from(name);
+        meta.name = Some(Arc::clone(&name));
+        reg.insert(name, pid);
+        Ok(())
+    }
+
+    /// Adds `b` to `a`'s links (if `a` is alive). Returns false if `a` has exited.
+    fn add_link(&self, a: &dyn AnyProcess, b: Pid) -> bool {
+        let mut meta = a.header().meta.lock();
+        if meta.exited.is_some() {
+            return false;
+        }
+        if !meta.links.contains(&b) && meta.links.len() < MAX_LINKS {
+            meta.links.push(b);
+        }
+        true
+    }
+
+    pub(crate) fn link(&self, a: Pid, b: Pid) {
+        if a == b {
+            return;
+        }
+        let Some(pa) = self.lookup(a) else { return };
+        if !self.add_link(&*pa, b) {
+            return;
+        }
+        let alive = self.lookup(b).is_some_and(|pb| self.add_link(&*pb, a));
+        if !alive {
+            pa.header().meta.lock().links.retain(|p| *p != b);
+            pa.exit_signal(b, ExitReason::NoProc, false);
+        }
+    }
+
+    pub(crate) fn unlink(&self, a: Pid, b: Pid) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(p) = self.lookup(x) {
+                p.header().meta.lock().links.retain(|l| *l != y);
+            }
+        }
+    }
+
+    pub(crate) fn monitor(&self, watcher: Pid, target: Pid) -> MonitorRef {
+        let mref = MonitorRef(self.next_ref.fetch_add(1, Ordering::Relaxed));
+        let Some(w) = self.lookup(watcher) else { return mref };
+        {
+            let mut meta = w.header().meta.lock();
+            if meta.monitors.len() >= MAX_MONITORS {
+                drop(meta);
+                w.down(Down { monitor: mref, pid: target, reason: ExitReason::NoProc });
+                return mref;
+            }
+            meta.monitors.push((mref, target));
+        }
+        let ok = self.lookup(target).is_some_and(|t| {
+            let mut meta = t.header().meta.lock();
+            if meta.exited.is_some() || meta.monitored_by.len() >= MAX_MONITORS {
+                return false;
+            }
+            meta.monitored_by.push((mref, watcher));
+            true
+        });
+        if !ok {
+            w.down(Down { monitor: mref, pid: target, reason: ExitReason::NoProc });
+        }
+        mref
+    }
+
+    pub(crate) fn demonitor(&self, watcher: Pid, mref: MonitorRef) {
+        let target = self.lookup(watcher).and_then(|w| {
+            let mut meta = w.header().meta.lock();
+            let i = meta.monitors.iter().position(|(r, _)| *r == mref)?;
+            Some(meta.monitors.swap_remove(i).1)
+        });
+        if let Some(t) = target.and_then(|t| self.lookup(t)) {
+            t.header().meta.lock().monitored_by.retain(|(r, _)| *r != mref);
+        }
+    }
+
+    /// Exit bookkeeping, run by the exiting process's runner after its state is gone.
+    pub(crate) fn exit_process<B: Behaviour>(&self, cell: &Arc<Cell<B>>, reason: ExitReason) {
+        let hdr = &cell.hdr;
+        let pid = hdr.pid;
+        hdr.flags.fetch_or(F_EXITING, Ordering::SeqCst);
+        let (links, monitored_by, monitors, waiters, name, label) = {
+            let mut meta = hdr.meta.lock();
+            meta.exited = Some(reason.clone());
+            meta.kill_waker = None;
+            if let Some(ring) = meta.trace.as_mut() {
+                ring.push(self.now_ns(), TraceKind::Exited, None, None, Some(Box::new(reason.clone())));
+                // Wake streams even when no event watcher count is set, so they see the exit.
+                ring.notify.notify_waiters();
+            }
+            (
+                std::mem::take(&mut meta.links),
+                std::mem::take(&mut meta.monitored_by),
+                std::mem::take(&mut meta.monitors),
+                std::mem::take(&mut meta.exit_waiters),
+                meta.name.take(),
+                meta.label.clone(),
+            )
+        };
+        let (queued, sys) = {
+            let mut mb = cell.mailbox.lock();
+            mb.closed = true;
+            mb.running = true; // never schedule again
+            mb.wake_waiters();
+            (std::mem::take(&mut mb.queue), std::mem::take(&mut mb.sys))
+        };
+        let inbox = std::mem::take(&mut *cell.inbox.lock());
+        self.shard(pid.serial()).lock().remove(&pid.serial());
+        if let Some(name) = name {
+            let mut reg = self.registry.lock();
+            if reg.get(&name) == Some(&pid) {
+                reg.remove(&name);
+            }
+        }
+        match &reason {
+            ExitReason::Crashed(why) => {
+                tracing::error!(%pid, label = label.as_deref().unwrap_or(""), behaviour = B::name(), reason = %why, "process crashed")
+            }
+            r => {
+                tracing::debug!(%pid, label = label.as_deref().unwrap_or(""), behaviour = B::name(), reason = %r, "process exited")
+            }
+        }
+        for l in links {
+            if let Some(p) = self.lookup(l) {
+                p.header().meta.lock().links.retain(|x| *x != pid);
+                p.exit_signal(pid, reason.clone(), false);
+            }
+        }
+        for (mref, w) in monitored_by {
+            if let Some(p) = self.lookup(w) {
+                p.down(Down { monitor: mref, pid, reason: reason.clone() });
+            }
+        }
+        for (mref, t) in monitors {
+            if let Some(p) = self.lookup(t) {
+                p.header().meta.lock().monitored_by.retain(|(r, _)| *r != mref);
+            }
+        }
+        for w in waiters {
+            let _ = w.send(reason.clone());
+        }
+        // Pending calls see their reply channel closed: `CallError::Exited`.
+        drop(queued);
+        drop(inbox);
+        drop(sys);
+    }
+}

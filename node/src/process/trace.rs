@@ -1,0 +1,176 @@
+//! Live tracing of one process (like Erlang's `sys:trace`), into a bounded ring.
+//!
+//! Off by default. When off, the only cost on the message path is one relaxed load of the
+//! process's flag word, which the runner does anyway (to see kills and system messages). When on,
+//! each event stores a *clone* of the message — rendering it as JSON is deferred until someone
+//! reads the trace, so tracing does not serialize on the hot path.
+//!
+//! The ring keeps the last [`TraceRing::capacity`] events (oldest dropped first); every event has
+//! a sequence number, so readers can resume (`after`) and notice gaps (`dropped`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use cluster_proto::{CorrelationId, Pid};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+/// A value kept in a trace record, rendered as JSON only when read.
+pub(crate) trait Payload: Send {
+    fn to_json(&self) -> serde_json::Value;
+}
+
+impl<T: Serialize + Send> Payload for T {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_else(|e| serde_json::Value::String(format!("<unserializable: {e}>")))
+    }
+}
+
+/// What a trace event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    /// A message (cast) was taken from the mailbox for handling.
+    Received,
+    /// A call request was taken from the mailbox for handling.
+    CallReceived,
+    /// The reply to a call was sent back.
+    Replied,
+    /// A trapped exit signal was handled.
+    ExitSignal,
+    /// A monitor's `Down` was handled.
+    Down,
+    /// The process sent a message (payload: the message; peer: the recipient).
+    Sent,
+    /// The process called another (payload: the request; peer: the callee).
+    Called,
+    /// The state changed (payload: the new snapshot; only for behaviours with `snapshot`).
+    State,
+    /// The process exited (payload: the reason).
+    Exited,
+}
+
+pub(crate) struct TraceRecord {
+    pub seq: u64,
+    pub at_ns: u64,
+    pub kind: TraceKind,
+    pub peer: Option<Pid>,
+    pub corr: Option<CorrelationId>,
+    pub payload: Option<Box<dyn Payload>>,
+}
+
+/// One event of a process trace, as read back (JSON-ready).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct TraceEvent {
+    /// Sequence number within this process's trace (starts at 1, no reuse).
+    pub seq: u64,
+    /// Nanoseconds since the node started.
+    pub at_ns: u64,
+    /// What happened.
+    pub kind: TraceKind,
+    /// The traced process.
+    pub pid: Pid,
+    /// The other process involved (sender, recipient, callee, exiting link, ...), if any.
+    pub peer: Option<Pid>,
+    /// The correlation ID in effect.
+    pub corr: Option<CorrelationId>,
+    /// The message, reply, state or reason, as JSON.
+    pub payload: serde_json::Value,
+}
+
+/// The bounded ring of one process's trace events.
+pub(crate) struct TraceRing {
+    capacity: usize,
+    next_seq: u64,
+    records: VecDeque<TraceRecord>,
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) watchers: usize,
+    /// Last state snapshot recorded (to record `State` only on change).
+    pub(crate) last_state: Option<serde_json::Value>,
+}
+
+impl TraceRing {
+    /// Largest ring accepted.
+    pub(crate) const MAX_CAPACITY: usize = 1 << 20;
+
+    pub(crate) fn new(capacity: usize) -> TraceRing {
+        let capacity = capacity.clamp(1, Self::MAX_CAPACITY);
+        TraceRing {
+            capacity,
+            next_seq: 1,
+            records: VecDeque::new(),
+            notify: Arc::new(Notify::new()),
+            watchers: 0,
+            last_state: None,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        at_ns: u64,
+        kind: TraceKind,
+        peer: Option<Pid>,
+        corr: Option<CorrelationId>,
+        payload: Option<Box<dyn Payload>>,
+    ) {
+        if self.records.len() == self.capacity {
+            self.records.pop_front();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.records.push_back(TraceRecord { seq, at_ns, kind, peer, corr, payload });
+        if self.watchers > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Events with `seq > after`, at most `max`, rendered as JSON.
+    pub(crate) fn read(&self, pid: Pid, after: u64, max: usize) -> Vec<TraceEvent> {
+        // Records are in seq order; skip the prefix quickly.
+        let first = self.records.front().map_or(0, |r| r.seq);
+        let skip = after.saturating_add(1).saturating_sub(first.max(1)) as usize;
+        self.records
+            .iter()
+            .skip(skip)
+            .filter(|r| r.seq > after)
+            .take(max)
+            .map(|r| TraceEvent {
+                seq: r.seq,
+                at_ns: r.at_ns,
+                kind: r.kind,
+                pid,
+                peer: r.peer,
+                corr: r.corr,
+                payload: r.payload.as_ref().map_or(serde_json::Value::Null, |p| p.to_json()),
+            })
+            .collect()
+    }
+
+    pub(crate) fn approx_bytes(&self) -> usize {
+        self.records.capacity() * std::mem::size_of::<TraceRecord>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_resumable() {
+        let pid: Pid = "<t.1.1>".parse().unwrap();
+        let mut r = TraceRing::new(3);
+        for i in 0..5u32 {
+            r.push(i as u64, TraceKind::Received, None, None, Some(Box::new(i)));
+        }
+        let all = r.read(pid, 0, 100);
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(all[0].payload, serde_json::json!(2));
+        assert_eq!(r.read(pid, 4, 100).len(), 1);
+        assert_eq!(r.read(pid, 5, 100).len(), 0);
+        assert_eq!(r.read(pid, 0, 2).len(), 2);
+    }
+}
