@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 
 use super::behaviour::{Behaviour, Down};
 use super::introspect::{ProcessInfo, ProcessStatus};
-use super::node::{NodeShared, SendError};
+use super::node::{CallError, NodeShared, SendError};
 use super::trace::{Payload, TraceKind, TraceRing};
 
 /// An exit signal is pending (see `Meta::pending_exit`): the runner must stop now.
@@ -224,11 +224,12 @@ pub(crate) trait AnyProcess: Send + Sync + 'static {
         from: Option<Pid>,
         corr: Option<CorrelationId>,
     ) -> Result<(), SendError>;
+    /// Queues a JSON call. Errors: `BadRequest` (not decodable) or `Full`.
     fn call_json(
         self: Arc<Self>,
         req: serde_json::Value,
         corr: Option<CorrelationId>,
-    ) -> Result<oneshot::Receiver<Result<serde_json::Value, String>>, String>;
+    ) -> Result<oneshot::Receiver<Result<serde_json::Value, String>>, CallError>;
 }
 
 /// A process. See the module docs.
@@ -538,13 +539,14 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
         self: Arc<Self>,
         req: serde_json::Value,
         corr: Option<CorrelationId>,
-    ) -> Result<oneshot::Receiver<Result<serde_json::Value, String>>, String> {
-        let req: B::Call =
-            serde_json::from_value(req).map_err(|e| format!("not a request {} understands: {e}", B::name()))?;
+    ) -> Result<oneshot::Receiver<Result<serde_json::Value, String>>, CallError> {
+        let req: B::Call = serde_json::from_value(req)
+            .map_err(|e| CallError::BadRequest(format!("not a request {} understands: {e}", B::name())))?;
         let (tx, rx) = oneshot::channel();
         match self.push(Envelope::Call { req, reply: ReplyTo::Json(tx), from: None, corr }) {
             Ok(()) => Ok(rx),
-            Err(PushError::Full(_)) => Err("mailbox full".to_owned()),
+            // A full mailbox is `CallError::Full`, as for typed calls — not a bad request.
+            Err(PushError::Full(_)) => Err(CallError::Full),
         }
     }
 }

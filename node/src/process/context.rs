@@ -58,6 +58,11 @@ impl<B: Behaviour> Context<B> {
         self.hdr().meta.lock().label.clone()
     }
 
+    /// Milliseconds since the node started: the monotonic clock fed to pure decision code.
+    pub fn now_ms(&self) -> u64 {
+        self.hdr().node.now_ms()
+    }
+
     /// The sender of the message being handled, if it came from a process.
     pub fn sender(&self) -> Option<Pid> {
         self.from

@@ -98,8 +98,9 @@ pub enum NodeError {
     NoRuntime,
 }
 
-/// Why a spawn failed. (An `init` error is not a spawn error: the process exits with
-/// `crashed`, which links and monitors see.)
+/// Why a spawn failed. An `init` that fails before `spawn` returns gives [`SpawnError::Init`]
+/// (as OTP's `start_link` returns `{error, Reason}`); one that awaits and fails later makes the
+/// process exit with `crashed`, which links and monitors see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpawnError {
     /// The node is shutting down.
@@ -111,6 +112,10 @@ pub enum SpawnError {
     /// Registering the name failed.
     #[error(transparent)]
     Register(#[from] RegistryError),
+    /// The process exited before `spawn` returned: its `init` failed (or it was killed) while
+    /// running inline. Links and monitors set up by the spawn have seen the exit too.
+    #[error("process exited during init: {0}")]
+    Init(ExitReason),
 }
 
 /// Why a send failed. Sending to a dead or unreachable process is *not* an error (G2): the
@@ -299,8 +304,13 @@ pub(crate) async fn call_cell<T: Behaviour>(
         Ok(true) => super::runner::run_inline(cell).await,
         Ok(false) => {}
     }
-    if let Ok(rep) = rx.try_recv() {
-        return Ok(rep);
+    match rx.try_recv() {
+        Ok(rep) => return Ok(rep),
+        // The callee exited (e.g. crashed in the inline activation) and dropped the reply
+        // sender. A oneshot receiver must not be awaited after `try_recv` reported `Closed`
+        // (tokio panics "called after complete"), so answer here.
+        Err(oneshot::error::TryRecvError::Closed) => return Err(CallError::Exited),
+        Err(oneshot::error::TryRecvError::Empty) => {}
     }
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(rep)) => Ok(rep),
@@ -363,6 +373,11 @@ impl Node {
         self.shared.spawn_inner::<B>(args, opts, None, false, false).map(|(a, _)| a)
     }
 
+    /// Whether `pid` is a live process of this node.
+    pub fn is_alive(&self, pid: Pid) -> bool {
+        self.shared.lookup(pid).is_some()
+    }
+
     /// A typed handle to a local process, if it is alive and runs behaviour `B`.
     pub fn addr<B: Behaviour>(&self, pid: Pid) -> Option<Addr<B>> {
         let p = self.shared.lookup(pid)?;
@@ -392,7 +407,7 @@ impl Node {
         timeout: Duration,
     ) -> Result<serde_json::Value, CallError> {
         let p = self.shared.lookup(pid).ok_or(CallError::NoProc)?;
-        let rx = p.call_json(req, corr).map_err(CallError::BadRequest)?;
+        let rx = p.call_json(req, corr)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(CallError::BadRequest(e)),
@@ -754,6 +769,8 @@ impl NodeShared {
         };
         if pending {
             self.rt.spawn(fut);
+        } else if let Some(reason) = cell.hdr.meta.lock().exited.clone() {
+            return Err(SpawnError::Init(reason));
         }
         Ok((Addr { cell }, mref))
     }

@@ -110,12 +110,19 @@ fn next_envelope<B: Behaviour>(cell: &Cell<B>) -> Option<Envelope<B>> {
 /// (in which case the state is handed back).
 fn try_idle<B: Behaviour>(cell: &Cell<B>, state: B) -> Result<(), B> {
     *cell.state.lock() = Some(state);
+    // The in-hand batch counts as work too: a runner that saw `F_SUSPENDED` may get here with
+    // part of its batch still in the inbox. If a `resume` slipped in meanwhile (it found
+    // `running` set and so spawned nothing), going idle would strand that rest of the batch
+    // until some later push; and while suspended, the rest must keep counting against a
+    // bounded mailbox's capacity (G8). Lock order: inbox before mailbox; only the runner pops
+    // from the inbox, so its length is stable here.
+    let inbox = cell.inbox.lock();
     let mut mb = cell.mailbox.lock();
     let kill = cell.hdr.flags.load(Ordering::SeqCst) & F_KILL != 0;
-    let idle = !kill && mb.sys.is_empty() && (mb.suspended || mb.queue.is_empty());
+    let idle = !kill && mb.sys.is_empty() && (mb.suspended || (mb.queue.is_empty() && inbox.is_empty()));
     if idle {
         mb.running = false;
-        mb.in_hand = 0;
+        mb.in_hand = inbox.len();
         if mb.queue.capacity() > 64 && mb.queue.is_empty() {
             mb.queue = VecDeque::new();
         }
@@ -125,6 +132,7 @@ fn try_idle<B: Behaviour>(cell: &Cell<B>, state: B) -> Result<(), B> {
         return Ok(());
     }
     drop(mb);
+    drop(inbox);
     match cell.state.lock().take() {
         Some(s) => Err(s),
         // Unreachable: only the runner moves the state, and it just put it there.
@@ -296,8 +304,11 @@ pub(crate) async fn run<B: Behaviour>(cell: Arc<Cell<B>>, init: Option<B::Args>)
                 if traced {
                     hdr.trace(TraceKind::ExitSignal, Some(from), None, Some(Box::new(reason.clone())));
                 }
-                if Some(from) == hdr.parent {
-                    // OTP: an exit signal from the parent terminates a trapping gen_server.
+                // OTP: an exit signal from the parent terminates a trapping gen_server. The node
+                // itself (serial 0: the runtime or an operator) has the same authority, so
+                // `Node::exit`/`Node::shutdown` stop trapping processes and supervisors cleanly.
+                let from_node = from.node() == hdr.pid.node() && from.serial() == 0;
+                if Some(from) == hdr.parent || from_node {
                     return finish(&cell, ctx, Some(state), reason, true).await;
                 }
                 ctx.begin(Some(from), None);

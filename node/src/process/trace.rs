@@ -105,10 +105,6 @@ impl TraceRing {
         }
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub(crate) fn push(
         &mut self,
         at_ns: u64,
