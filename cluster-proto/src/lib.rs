@@ -2,8 +2,8 @@
 //!
 //! The types every layer of soma agrees on and that cross the wire between nodes:
 //!
-//! * [`Pid`] — a process identifier (guarantee **G1**): node name + node *creation* (incarnation)
-//!   + serial. It is `Copy`, 16 bytes, and has exactly one textual form,
+//! * [`Pid`] — a process identifier (guarantee **G1**): node name, node *creation*
+//!   (incarnation) and serial. It is `Copy`, 16 bytes, and has exactly one textual form,
 //!   `<name.creation.serial>`, that round-trips through [`Display`](std::fmt::Display) and
 //!   [`FromStr`](std::str::FromStr).
 //! * [`NodeId`] — an interned `(name, creation)` pair. Interning keeps `Pid` small and `Copy`;
