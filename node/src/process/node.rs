@@ -910,11 +910,6 @@ impl NodeShared {
             let mut meta = hdr.meta.lock();
             meta.exited = Some(reason.clone());
             meta.kill_waker = None;
-            if let Some(ring) = meta.trace.as_mut() {
-                ring.push(self.now_ns(), TraceKind::Exited, None, None, Some(Box::new(reason.clone())));
-                // Wake streams even when no event watcher count is set, so they see the exit.
-                ring.notify.notify_waiters();
-            }
             (
                 std::mem::take(&mut meta.links),
                 std::mem::take(&mut meta.monitored_by),
@@ -965,6 +960,13 @@ impl NodeShared {
         }
         for w in waiters {
             let _ = w.send(reason.clone());
+        }
+        // Last: whoever sees `exited` in the trace knows every exit effect (links, monitors,
+        // waiters) has been delivered.
+        if let Some(ring) = hdr.meta.lock().trace.as_mut() {
+            ring.push(self.now_ns(), TraceKind::Exited, None, None, Some(Box::new(reason.clone())));
+            // Wake streams even when no watcher is counted, so they see the exit.
+            ring.notify.notify_waiters();
         }
         // Pending calls see their reply channel closed: `CallError::Exited`.
         drop(queued);
