@@ -199,6 +199,8 @@ pub struct ProbeArgs {
     /// Reported by `Behaviour::heap_size` (lets a test see whether the state is parked in the
     /// cell, i.e. the process is idle: info's memory estimate includes it only then).
     pub heap_hint: usize,
+    /// `terminate` reports `Terminate`, then never returns.
+    pub hang_in_terminate: bool,
 }
 
 impl ProbeArgs {
@@ -295,7 +297,8 @@ pub enum Req {
         /// The monitor.
         mref: MonitorRef,
     },
-    /// Spawns a child probe reporting to the same events channel → `Spawned`.
+    /// Spawns a child probe reporting to the same events channel → `Spawned`, or `Err` with
+    /// the `SpawnError` text (e.g. an inline `init` failure).
     Spawn {
         /// Its label.
         label: Option<String>,
@@ -390,6 +393,14 @@ impl Reply {
         }
     }
 
+    /// The error text, or panics.
+    pub fn err(self) -> String {
+        match self {
+            Reply::Err(e) => e,
+            other => panic!("expected Err, got {other:?}"),
+        }
+    }
+
     /// The spawned child, or panics.
     pub fn spawned(self) -> (Pid, Option<MonitorRef>) {
         match self {
@@ -407,6 +418,7 @@ pub struct Probe {
     expose: bool,
     hold: Option<oneshot::Receiver<()>>,
     heap_hint: usize,
+    hang_in_terminate: bool,
 }
 
 impl Probe {
@@ -464,6 +476,7 @@ impl Behaviour for Probe {
             expose: args.expose,
             hold: args.hold,
             heap_hint: args.heap_hint,
+            hang_in_terminate: args.hang_in_terminate,
         })
     }
 
@@ -541,15 +554,15 @@ impl Behaviour for Probe {
             Req::Spawn { label, how, init, trap_exit } => {
                 let args = ProbeArgs { events: self.events.clone(), init, trap_exit, ..ProbeArgs::default() };
                 let opts = SpawnOpts { label, ..SpawnOpts::default() };
-                let (pid, mref) = match how {
-                    How::Plain => (ctx.spawn::<Probe>(args, opts)?.pid(), None),
-                    How::Link => (ctx.spawn_link::<Probe>(args, opts)?.pid(), None),
-                    How::Monitor => {
-                        let (a, m) = ctx.spawn_monitor::<Probe>(args, opts)?;
-                        (a.pid(), Some(m))
-                    }
+                let spawned = match how {
+                    How::Plain => ctx.spawn::<Probe>(args, opts).map(|a| (a.pid(), None)),
+                    How::Link => ctx.spawn_link::<Probe>(args, opts).map(|a| (a.pid(), None)),
+                    How::Monitor => ctx.spawn_monitor::<Probe>(args, opts).map(|(a, m)| (a.pid(), Some(m))),
                 };
-                Reply::Spawned { pid, mref }
+                match spawned {
+                    Ok((pid, mref)) => Reply::Spawned { pid, mref },
+                    Err(e) => Reply::Err(e.to_string()),
+                }
             }
             Req::Register(name) => match ctx.register(&name) {
                 Ok(()) => Reply::Ok,
@@ -590,6 +603,9 @@ impl Behaviour for Probe {
 
     async fn terminate(&mut self, _ctx: &mut Context<Self>, reason: &ExitReason) {
         self.emit(Event::Terminate { pid: self.pid, reason: reason.clone() });
+        if self.hang_in_terminate {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn snapshot(&self) -> Option<serde_json::Value> {

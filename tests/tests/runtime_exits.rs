@@ -118,8 +118,10 @@ async fn panic_crashes_only_that_process() {
 
     // A panic inside a call handler is isolated in the same way.
     let caller = probe(&node, ProbeArgs::default());
+    let left_exited = node.wait_exit(left.pid());
     let req = Req::Call { to: left.pid(), req: Box::new(Req::Panic("in call".into())) };
     assert_eq!(ask(&caller, req).await, Reply::Err("Exited".into()));
+    assert_crashed_with(&within("exit", left_exited).await, "in call");
     assert_eq!(ask(&right, Req::Log).await.log(), vec![2, 3]);
     assert_eq!(ask(&caller, Req::Ping).await, Reply::Pong);
     assert_eq!(node.processes(), vec![right.pid(), caller.pid()]);

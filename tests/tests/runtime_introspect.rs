@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use soma::{CallError, CorrelationId, IntrospectError, ProcessStatus, SpawnOpts};
+use soma::{CallError, CorrelationId, ExitReason, IntrospectError, ProcessStatus, SpawnOpts};
 use soma_tests::*;
 
 /// info reports label, behaviour, parent, registered name, links, monitors (both ways), trap
@@ -84,8 +84,11 @@ async fn info_status_and_depth() {
     assert_eq!((ib.status, ib.mailbox_depth), (ProcessStatus::Suspended, 2));
     node.resume(b.pid()).unwrap();
     ask(&b, Req::Ping).await;
+    // The reply can arrive before the resumed runner has gone idle (status `running`): wait
+    // for `waiting`, which must come without any further message.
+    eventually("b goes idle", || node.info(b.pid()).unwrap().status == ProcessStatus::Waiting).await;
     let ib = node.info(b.pid()).unwrap();
-    assert_eq!((ib.status, ib.mailbox_depth, ib.received), (ProcessStatus::Waiting, 0, 3));
+    assert_eq!((ib.mailbox_depth, ib.received), (0, 3));
 
     a.send(Cmd::Hang).unwrap();
     a.send(Cmd::Push(1)).unwrap();
@@ -94,6 +97,22 @@ async fn info_status_and_depth() {
     assert_eq!((ia.status, ia.mailbox_depth), (ProcessStatus::Running, 1));
     // Introspection of a busy process still answers (info is taken without its cooperation).
     assert_eq!(node.peek(a.pid(), 10).unwrap().len(), 1);
+}
+
+/// status is `exiting` while `terminate` runs (as documented), the process is still alive
+/// then, and a kill still cuts a hanging `terminate` short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_status_exiting_while_terminate_runs() {
+    let node = start("t-info-exiting");
+    let (tx, mut events) = Events::new();
+    let a = probe(&node, ProbeArgs { hang_in_terminate: true, ..ProbeArgs::with_events(&tx) });
+    a.send(Cmd::Stop(ExitReason::Shutdown)).unwrap();
+    assert_eq!(events.next().await, Event::Terminate { pid: a.pid(), reason: ExitReason::Shutdown });
+    assert_eq!(node.info(a.pid()).unwrap().status, ProcessStatus::Exiting);
+    assert!(a.is_alive() && node.is_alive(a.pid()));
+    let exited = node.wait_exit(a.pid());
+    node.kill(a.pid());
+    assert_eq!(within("exit", exited).await, ExitReason::Killed);
 }
 
 /// peek shows queued messages as JSON, oldest first, with kind, sender and correlation —

@@ -162,6 +162,12 @@ pub(crate) struct Meta {
     /// The exit signal that set `F_KILL`.
     pub pending_exit: Option<ExitReason>,
     pub exited: Option<ExitReason>,
+    /// Exit processing has finished (set together with the `exited` trace event, after every
+    /// exit effect was delivered): a trace stream ends only then, so it never misses `exited`.
+    pub exit_done: bool,
+    /// `terminate` is running (info shows `exiting`). Not `F_EXITING`: the process must still
+    /// take a kill while it terminates.
+    pub terminating: bool,
 }
 
 pub(crate) struct Header {
@@ -468,7 +474,7 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
         // The state is only measurable while idle (the runner owns it otherwise).
         let state_heap = self.state.try_lock().and_then(|s| s.as_ref().map(|b| b.heap_size())).unwrap_or(0);
         let meta = self.hdr.meta.lock();
-        let status = if f & F_EXITING != 0 || meta.exited.is_some() {
+        let status = if f & F_EXITING != 0 || meta.exited.is_some() || meta.terminating {
             ProcessStatus::Exiting
         } else if f & F_SUSPENDED != 0 {
             ProcessStatus::Suspended

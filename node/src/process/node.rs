@@ -671,7 +671,9 @@ impl TraceStream {
                 if let Some(ring) = meta.trace.as_ref() {
                     self.buf.extend(ring.read(self.pid, self.after, 256));
                 }
-                meta.exited.is_some()
+                // Not `meta.exited`: that is set before the exit effects are delivered and the
+                // `exited` event is pushed (last); ending on it could miss that event.
+                meta.exit_done
             };
             if let Some(last) = self.buf.back() {
                 self.after = last.seq;
@@ -963,11 +965,14 @@ impl NodeShared {
         }
         // Last: whoever sees `exited` in the trace knows every exit effect (links, monitors,
         // waiters) has been delivered.
-        if let Some(ring) = hdr.meta.lock().trace.as_mut() {
+        let mut meta = hdr.meta.lock();
+        meta.exit_done = true;
+        if let Some(ring) = meta.trace.as_mut() {
             ring.push(self.now_ns(), TraceKind::Exited, None, None, Some(Box::new(reason.clone())));
             // Wake streams even when no watcher is counted, so they see the exit.
             ring.notify.notify_waiters();
         }
+        drop(meta);
         // Pending calls see their reply channel closed: `CallError::Exited`.
         drop(queued);
         drop(inbox);

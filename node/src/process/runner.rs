@@ -385,6 +385,8 @@ async fn finish<B: Behaviour>(
 ) {
     let mut state = state;
     if let (true, Some(s)) = (call_terminate, state.as_mut()) {
+        // Documented status while `terminate` runs: `exiting`.
+        cell.hdr.meta.lock().terminating = true;
         if let Err(GuardExit::Killed) = guarded(&cell.hdr, s.terminate(&mut ctx, &reason)).await {
             reason = take_pending_exit(cell);
         }
