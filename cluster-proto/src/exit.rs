@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Why a process exited. Carried by exit signals (links) and `Down` notifications (monitors).
 ///
 /// Restart decisions classify reasons as *normal* (`Normal`), *shutdown* (`Shutdown`) or
-/// *abnormal* (everything else), exactly as OTP does for `transient` children.
+/// *abnormal* (everything else), exactly as OTP does for `transient` children (see
+/// [`is_abnormal`](ExitReason::is_abnormal)). Links use a different rule: only `Normal` is
+/// harmless to a linked process.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitReason {
     /// The process finished its work (it asked to stop, or init returned "ignore").
@@ -16,7 +18,9 @@ pub enum ExitReason {
     /// The process was asked to shut down (by its supervisor or an operator), or a supervisor
     /// gave up after reaching its restart intensity.
     Shutdown,
-    /// The process was killed unconditionally (not trappable, no `terminate` callback).
+    /// The process was killed unconditionally (the kill itself cannot be trapped and skips
+    /// `terminate`). Propagated over a link, `killed` is an ordinary exit signal: a trapping
+    /// peer gets it as `handle_exit`, a non-trapping one exits with `killed` too (as in OTP).
     Killed,
     /// A handler panicked or returned an error; the text is the panic message or the error.
     Crashed(Arc<str>),
@@ -32,8 +36,19 @@ impl ExitReason {
         ExitReason::Crashed(Arc::from(msg.to_string()))
     }
 
-    /// `true` for every reason except `Normal` and `Shutdown` (OTP's definition, which decides
-    /// whether a `transient` child is restarted and whether a link kills a non-trapping peer).
+    /// `true` for `Killed`, `Crashed`, `NoProc` and `NoConnection`; `false` for `Normal` and
+    /// `Shutdown`. This is OTP's notion of an abnormal exit (OTP also counts `{shutdown, Term}`
+    /// as not abnormal; soma has no such reason). What it decides, and what it does not:
+    ///
+    /// * **Restarts**: a `transient` child is restarted only after an abnormal exit (a
+    ///   `permanent` child always, a `temporary` one never). Supervisors also log abnormal child
+    ///   exits as warnings.
+    /// * **Links: not this rule.** An exit signal stops a linked process that does not trap
+    ///   exits for every reason except `Normal` — `Shutdown` propagates over links too (as in
+    ///   OTP, where `shutdown` is not `normal`), and so does `Killed`. A process that traps exits
+    ///   gets every reason, `Normal` included, as `handle_exit`.
+    /// * **Monitors: not this rule either.** A `Down` is delivered for every exit, `Normal`
+    ///   included, carrying the reason unchanged.
     pub fn is_abnormal(&self) -> bool {
         !matches!(self, ExitReason::Normal | ExitReason::Shutdown)
     }

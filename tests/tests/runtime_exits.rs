@@ -63,8 +63,8 @@ async fn exit_killed_does_not_run_terminate() {
     assert_eq!(events.drain(), vec![], "no terminate after a kill");
 }
 
-/// A handler panic crashes the process with the panic message as the reason text (both
-/// `String` and `&str` payloads); `terminate` does not run after a panic.
+/// A handler panic crashes the process with the panic message and its location as the reason
+/// text (both `String` and `&str` payloads); `terminate` does not run after a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_crashed_carries_the_panic_message() {
     let node = start("t-exit-panic");
@@ -75,6 +75,8 @@ async fn exit_crashed_carries_the_panic_message() {
     let reason = within("exit", exited).await;
     assert_crashed_with(&reason, "boom 42");
     assert_eq!(reason.kind(), "crashed");
+    // The panic hook soma installs adds where the panic happened (the probe's handler).
+    assert_crashed_with(&reason, "(at tests/src/lib.rs:");
 
     let b = probe(&node, ProbeArgs::with_events(&tx));
     let exited = node.wait_exit(b.pid());

@@ -255,3 +255,120 @@ async fn suspend_resume_race_strands_no_message() {
         node.kill(pid);
     }
 }
+
+/// Where the last `resume` lands in [`suspend_resume_pinned_interleavings_strand_no_message`].
+#[derive(Debug, Clone, Copy)]
+enum ResumeAt {
+    /// While the runner is still inside the held handler: it never sees the suspension.
+    BeforeRelease,
+    /// After the runner saw the suspension and parked its state; before that, while the
+    /// handler was held, the process was suspended, resumed (a resume that finds the runner
+    /// alive, so it spawns nothing) and suspended again.
+    AfterParkFlapped,
+    /// After the runner saw the suspension and parked its state.
+    AfterPark,
+}
+
+/// Deterministic companion of [`suspend_resume_race_strands_no_message`]: the interleavings
+/// of suspend, send and resume around a runner in the middle of a batch that can be pinned
+/// from outside are forced one by one, with the runner held inside a `Hold` handler by a
+/// oneshot the test owns (no sleeps). For each: the rest of the batch in hand is empty or not;
+/// messages are sent while suspended or not — including sends that land between the
+/// suspension and the runner going idle, and sends (from outside and from another process)
+/// while it is parked. After the final resume, with nothing else sent to wake the process,
+/// everything is handled exactly once and in order; nothing is handled while suspended.
+///
+/// Not pinnable with the public API: a resume landing *inside* the runner's transition to
+/// idle (after its flag check saw the suspension, before `try_idle` takes the mailbox lock),
+/// the window of the original bug (it stranded the rest of the batch when the mailbox queue
+/// was empty: `in_batch` > 0 and no sends). `AfterPark` resumes right after the park, i.e. at
+/// the edge of that window; the probabilistic test above sweeps the window itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_resume_pinned_interleavings_strand_no_message() {
+    const HEAP_MARK: usize = 1 << 30;
+    let node = start("t-suspend-pinned");
+    let sender = probe(&node, ProbeArgs::default());
+    for resume_at in [ResumeAt::BeforeRelease, ResumeAt::AfterParkFlapped, ResumeAt::AfterPark] {
+        for in_batch in [0u64, 3] {
+            for sends in [false, true] {
+                let case = format!("{resume_at:?}, {in_batch} more in the batch, sends while suspended: {sends}");
+                let (tx, mut events) = Events::new();
+                let (hold_tx, hold) = oneshot::channel();
+                let args = ProbeArgs { hold: Some(hold), heap_hint: HEAP_MARK, ..ProbeArgs::with_events(&tx) };
+                let a = probe(&node, args);
+                let pid = a.pid();
+                let outside = |n: u64| Event::Handled { pid, n, from: None, corr: None };
+                let mut expected = vec![outside(HOLD_DONE)];
+                let send_outside = |range: std::ops::Range<u64>, expected: &mut Vec<Event>| {
+                    for n in range {
+                        a.send(Cmd::Push(n)).unwrap();
+                        expected.push(outside(n));
+                    }
+                };
+
+                // One batch: `Hold`, then `in_batch` messages.
+                node.suspend(pid).unwrap();
+                a.send(Cmd::Hold).unwrap();
+                send_outside(0..in_batch, &mut expected);
+                node.resume(pid).unwrap();
+                assert_eq!(events.next().await, Event::Started { pid }, "{case}");
+
+                // Pinned: the runner is inside `Hold` with the rest of its batch in hand.
+                // Suspend it; sends now land between the suspension and the runner going idle.
+                node.suspend(pid).unwrap();
+                if sends {
+                    send_outside(100..103, &mut expected);
+                }
+                let mut got = Vec::new();
+                match resume_at {
+                    ResumeAt::BeforeRelease => {
+                        node.resume(pid).unwrap();
+                        hold_tx.send(()).unwrap();
+                    }
+                    ResumeAt::AfterParkFlapped | ResumeAt::AfterPark => {
+                        if let ResumeAt::AfterParkFlapped = resume_at {
+                            node.resume(pid).unwrap();
+                            if sends {
+                                send_outside(150..152, &mut expected);
+                            }
+                            node.suspend(pid).unwrap();
+                        }
+                        hold_tx.send(()).unwrap();
+                        got.push(events.next().await);
+                        assert_eq!(got, expected[..1], "{case}");
+                        // The runner now sees the suspension and parks the state in the cell
+                        // (info's memory estimate includes the state's heap only while it is
+                        // parked). From here it cannot take another message until resumed.
+                        eventually("the runner parks", || node.info(pid).unwrap().memory_bytes >= HEAP_MARK).await;
+                        if sends {
+                            send_outside(200..203, &mut expected);
+                            ask(&sender, Req::Burst { to: pid, start: 300, count: 3 }).await;
+                            expected.extend((300..303).map(|n| Event::Handled {
+                                pid,
+                                n,
+                                from: Some(sender.pid()),
+                                corr: None,
+                            }));
+                        }
+                        let info = node.info(pid).unwrap();
+                        assert_eq!(info.status, ProcessStatus::Suspended, "{case}");
+                        assert_eq!(info.received, 1, "{case}: only `Hold` was taken");
+                        assert_eq!(info.mailbox_depth, expected.len() - 1, "{case}: the rest is queued");
+                        assert!(events.drain().is_empty(), "{case}: nothing handled while suspended");
+                        node.resume(pid).unwrap();
+                    }
+                }
+                // Nothing else is sent: the resume alone gets every message handled, in order.
+                while got.len() < expected.len() {
+                    got.push(events.next().await);
+                }
+                assert_eq!(got, expected, "{case}");
+                eventually("the process goes idle", || node.info(pid).unwrap().status == ProcessStatus::Waiting).await;
+                let info = node.info(pid).unwrap();
+                assert_eq!((info.mailbox_depth, info.received), (0, expected.len() as u64), "{case}");
+                assert!(events.drain().is_empty(), "{case}: each message handled once");
+                node.kill(pid);
+            }
+        }
+    }
+}

@@ -1,7 +1,6 @@
 //! Local supervisors executing OTP decisions with real processes: every strategy, restart types,
 //! intensity escalation (G7), ordered shutdown with timeout then kill, nesting, dynamic children.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use soma::supervision::{
@@ -22,11 +21,24 @@ enum Ev {
 
 type Log = mpsc::UnboundedSender<Ev>;
 
-/// A worker that logs its start and terminate, and can be told to crash, stop or hang.
+/// How a test worker takes its supervisor's `shutdown` signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnShutdown {
+    /// Does not trap exits: the signal stops it at once, without `terminate` (nothing logged).
+    Die,
+    /// Traps exits: `terminate` runs and logs `Terminated`.
+    Terminate,
+    /// Traps exits; `terminate` logs `Terminated`, then never returns (so the supervisor has
+    /// to kill it once the child's shutdown timeout expires).
+    Hang,
+}
+
+/// A worker that logs its start (and its `terminate`, if it traps exits), and can be told to
+/// crash or stop.
 struct Worker {
     id: &'static str,
     log: Log,
-    hang_in_terminate: bool,
+    on_shutdown: OnShutdown,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -36,16 +48,16 @@ enum Cmd {
 }
 
 impl Behaviour for Worker {
-    type Args = (&'static str, Log, bool);
+    type Args = (&'static str, Log, OnShutdown);
     type Msg = Cmd;
     type Call = ();
     type Reply = Pid;
-    async fn init(ctx: &mut Context<Self>, (id, log, hang): Self::Args) -> Result<Self, Error> {
-        if hang {
+    async fn init(ctx: &mut Context<Self>, (id, log, on_shutdown): Self::Args) -> Result<Self, Error> {
+        if on_shutdown != OnShutdown::Die {
             ctx.trap_exit(true);
         }
         let _ = log.send(Ev::Started(id));
-        Ok(Worker { id, log, hang_in_terminate: hang })
+        Ok(Worker { id, log, on_shutdown })
     }
     async fn handle(&mut self, ctx: &mut Context<Self>, cmd: Cmd) -> Result<(), Error> {
         match cmd {
@@ -59,50 +71,22 @@ impl Behaviour for Worker {
     }
     async fn terminate(&mut self, _ctx: &mut Context<Self>, _reason: &ExitReason) {
         let _ = self.log.send(Ev::Terminated(self.id));
-        if self.hang_in_terminate {
+        if self.on_shutdown == OnShutdown::Hang {
             std::future::pending::<()>().await;
         }
     }
 }
 
-fn worker(id: &'static str, log: &Log) -> ChildSpec {
+/// A child spec for a [`Worker`].
+fn worker(id: &'static str, log: &Log, on_shutdown: OnShutdown) -> ChildSpec {
     let log = log.clone();
-    // Workers trap exits only when asked to hang; otherwise `shutdown` kills them without
-    // `terminate`, so give them trap_exit via hang=false + explicit Timeout shutdown below.
-    ChildSpec::worker::<Worker>(id, move || (id, log.clone(), false))
+    ChildSpec::worker::<Worker>(id, move || (id, log.clone(), on_shutdown))
 }
 
-/// A worker that traps exits so its `terminate` runs (and is logged) on shutdown.
-struct Trapper(Worker);
-
-impl Behaviour for Trapper {
-    type Args = (&'static str, Log);
-    type Msg = Cmd;
-    type Call = ();
-    type Reply = Pid;
-    async fn init(ctx: &mut Context<Self>, (id, log): Self::Args) -> Result<Self, Error> {
-        ctx.trap_exit(true);
-        let _ = log.send(Ev::Started(id));
-        Ok(Trapper(Worker { id, log, hang_in_terminate: false }))
-    }
-    async fn handle(&mut self, ctx: &mut Context<Self>, cmd: Cmd) -> Result<(), Error> {
-        match cmd {
-            Cmd::Crash => panic!("trapper {} told to crash", self.0.id),
-            Cmd::StopNormal => ctx.stop(ExitReason::Normal),
-        }
-        Ok(())
-    }
-    async fn handle_call(&mut self, ctx: &mut Context<Self>, _: ()) -> Result<Pid, Error> {
-        Ok(ctx.pid())
-    }
-    async fn terminate(&mut self, _ctx: &mut Context<Self>, _reason: &ExitReason) {
-        let _ = self.0.log.send(Ev::Terminated(self.0.id));
-    }
-}
-
+/// The usual child: a worker that traps exits, so its `terminate` runs (and is logged) when it
+/// is stopped.
 fn trapper(id: &'static str, log: &Log) -> ChildSpec {
-    let log = log.clone();
-    ChildSpec::worker::<Trapper>(id, move || (id, log.clone()))
+    worker(id, log, OnShutdown::Terminate)
 }
 
 async fn children(sup: &Addr<Supervisor>) -> Vec<(String, Option<Pid>)> {
@@ -250,7 +234,9 @@ async fn restart_types_transient_and_temporary() {
 async fn g7_intensity_exceeded_escalates_to_the_parent() {
     let node = Node::start(NodeConfig::named("sup-g7")).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let inner = SupervisorSpec::new(Strategy::OneForOne).intensity(2, Duration::from_secs(60)).child(worker("w", &tx));
+    // The worker does not trap exits: only its starts are logged.
+    let w = worker("w", &tx, OnShutdown::Die);
+    let inner = SupervisorSpec::new(Strategy::OneForOne).intensity(2, Duration::from_secs(60)).child(w);
     let outer = start_sup(
         &node,
         SupervisorSpec::new(Strategy::OneForOne)
@@ -302,9 +288,7 @@ async fn g7_zero_intensity_gives_up_at_once() {
 async fn ordered_shutdown_with_timeout_then_kill() {
     let node = Node::start(NodeConfig::named("sup-shut")).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let log = tx.clone();
-    let hanger = ChildSpec::worker::<Worker>("hang", move || ("hang", log.clone(), true))
-        .shutdown(Shutdown::Timeout(Duration::from_millis(100)));
+    let hanger = worker("hang", &tx, OnShutdown::Hang).shutdown(Shutdown::Timeout(Duration::from_millis(100)));
     let sup = start_sup(
         &node,
         SupervisorSpec::new(Strategy::OneForOne).child(trapper("a", &tx)).child(hanger).child(trapper("c", &tx)),
@@ -467,5 +451,4 @@ async fn node_shutdown_stops_supervision_trees() {
     node.shutdown(T).await;
     assert_eq!(drain(&mut rx, 2).await, vec![Ev::Terminated("b"), Ev::Terminated("a")]);
     assert_eq!(node.process_count(), 0);
-    let _ = Arc::new(());
 }

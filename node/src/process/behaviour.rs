@@ -9,7 +9,7 @@
 //! | [`handle_call`](Behaviour::handle_call) | a request sent with `call`; the return value is the reply | error: crashes the process |
 //! | [`handle_exit`](Behaviour::handle_exit) | an exit signal from a linked process, when trapping exits | ignore |
 //! | [`handle_down`](Behaviour::handle_down) | a monitored process exited | ignore |
-//! | [`terminate`](Behaviour::terminate) | the process stops (not when killed) | nothing |
+//! | [`terminate`](Behaviour::terminate) | the process stops by its own doing (`stop`, a handler error) or on a trapped exit signal from its parent or the node — not when killed, after a panic or on an untrapped exit signal | nothing |
 //! | [`snapshot`](Behaviour::snapshot) | an operator asks for the state | `None` (opt-in) |
 //!
 //! Handlers are `async` and own the process while they run: messages are handled one at a time,
@@ -82,8 +82,9 @@ pub trait Behaviour: Sized + Send + 'static {
     }
 
     /// Handles an exit signal from a linked process (only when trapping exits; see
-    /// [`Context::trap_exit`]). An exit signal from the process's parent (its supervisor) is not
-    /// passed here: the process terminates with that reason, as OTP's `gen_server` does.
+    /// [`Context::trap_exit`]). An exit signal from the process's parent (its supervisor) or
+    /// from the node itself (`Node::exit`, `Node::shutdown`) is not passed here: the process
+    /// terminates with that reason (`terminate` runs), as OTP's `gen_server` does for its parent.
     fn handle_exit(
         &mut self,
         ctx: &mut Context<Self>,
@@ -100,7 +101,32 @@ pub trait Behaviour: Sized + Send + 'static {
         async { Ok(()) }
     }
 
-    /// Called once when the process stops for any reason but `killed` (and not after a panic).
+    /// Called at most once, as the process stops, with its exit reason — but only when the process
+    /// stops *in an orderly way*, i.e. in exactly these cases:
+    ///
+    /// * a handler called [`Context::stop`] (after that handler returns);
+    /// * a handler (`handle`, `handle_call`, `handle_exit`, `handle_down`) returned `Err`
+    ///   (reason `crashed` with the error text);
+    /// * the process **traps exits** and an exit signal (any reason) from its parent or from the
+    ///   node reaches the front of its mailbox (a supervisor's `shutdown`, `Node::exit`,
+    ///   `Node::shutdown`): `terminate` runs with that signal's reason instead of `handle_exit`.
+    ///
+    /// It does **not** run when:
+    ///
+    /// * `init` failed or panicked (there is no state yet);
+    /// * a handler panicked (the state may be inconsistent);
+    /// * the process was killed (`Context::kill`, `Node::kill`, a supervisor's brutal kill or
+    ///   its kill after the shutdown timeout) — a kill cannot be trapped;
+    /// * an exit signal was not trapped: while not trapping exits, any exit signal whose reason
+    ///   is not `normal` stops the process at once with that reason (interrupting a handler
+    ///   that is awaiting), without `terminate`. That covers a linked process's exit with any
+    ///   reason but `normal` (`shutdown` and `killed` included, e.g. a linked supervisor giving
+    ///   up), `Context::exit`/`Node::exit`, and the `shutdown` signal of a supervisor or of
+    ///   `Node::shutdown`. To have `terminate` run on `shutdown`, trap exits (as in OTP).
+    ///
+    /// While `terminate` runs, the process shows as `exiting`; a kill (or, if the process does
+    /// not trap exits, any untrapped exit signal as above) cuts it short, and the exit reason
+    /// becomes that signal's. A panic in `terminate` is ignored (the reason stays).
     fn terminate(&mut self, ctx: &mut Context<Self>, reason: &ExitReason) -> impl Future<Output = ()> + Send {
         let _ = (ctx, reason);
         async {}

@@ -332,6 +332,7 @@ impl Node {
 
     /// Starts a node whose processes run on the given tokio runtime.
     pub fn start_on(config: NodeConfig, rt: tokio::runtime::Handle) -> Result<Node, NodeError> {
+        super::runner::install_panic_hook();
         let creation = config.creation.unwrap_or_else(creation_now);
         let id = NodeId::intern(&config.name, creation)?;
         let shards = (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect();
@@ -416,9 +417,10 @@ impl Node {
         }
     }
 
-    /// Sends an exit signal to `pid` from the node (as Erlang's `exit(Pid, Reason)`): a process
-    /// that traps exits gets it as `handle_exit`; otherwise any reason but `normal` stops it
-    /// with that reason (no `terminate`).
+    /// Sends an exit signal to `pid` from the node (as Erlang's `exit(Pid, Reason)`). The node
+    /// acts as every process's ultimate parent, so a process that traps exits terminates with
+    /// that reason (running `terminate`, as a gen_server does on its parent's exit signal); a
+    /// process that does not trap exits stops for any reason but `normal`, without `terminate`.
     pub fn exit(&self, pid: Pid, reason: ExitReason) {
         self.shared.exit_signal(self.node_pid(), pid, reason, false);
     }
@@ -702,6 +704,13 @@ fn poll_inline<F: Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
     fut.poll(&mut cx)
 }
 
+/// Outcome of adding a link or monitor entry to one side.
+enum Added {
+    Yes,
+    Exited,
+    Limit,
+}
+
 impl NodeShared {
     #[inline]
     fn shard(&self, serial: u64) -> &Shard {
@@ -831,16 +840,28 @@ impl NodeShared {
         Ok(())
     }
 
-    /// Adds `b` to `a`'s links (if `a` is alive). Returns false if `a` has exited.
-    fn add_link(&self, a: &dyn AnyProcess, b: Pid) -> bool {
+    /// Adds `b` to `a`'s links (if `a` is alive and below [`MAX_LINKS`]).
+    fn add_link(&self, a: &dyn AnyProcess, b: Pid) -> Added {
         let mut meta = a.header().meta.lock();
         if meta.exited.is_some() {
-            return false;
+            return Added::Exited;
         }
-        if !meta.links.contains(&b) && meta.links.len() < MAX_LINKS {
+        if !meta.links.contains(&b) {
+            if meta.links.len() >= MAX_LINKS {
+                return Added::Limit;
+            }
             meta.links.push(b);
         }
-        true
+        Added::Yes
+    }
+
+    /// A process hit one of its limits (links, monitors): like Erlang's `system_limit` error, it
+    /// crashes (a process that traps exits gets the signal as a message instead).
+    fn system_limit(&self, p: &dyn AnyProcess, what: &str) -> ExitReason {
+        let pid = p.header().pid;
+        let reason = ExitReason::crashed(format!("system_limit: {what}"));
+        tracing::error!(%pid, what, "process reached a system limit");
+        reason
     }
 
     pub(crate) fn link(&self, a: Pid, b: Pid) {
@@ -848,14 +869,21 @@ impl NodeShared {
             return;
         }
         let Some(pa) = self.lookup(a) else { return };
-        if !self.add_link(&*pa, b) {
-            return;
+        match self.add_link(&*pa, b) {
+            Added::Yes => {}
+            Added::Exited => return,
+            Added::Limit => {
+                let reason = self.system_limit(&*pa, "too many links");
+                return Arc::clone(&pa).exit_signal(a, reason, false);
+            }
         }
-        let alive = self.lookup(b).is_some_and(|pb| self.add_link(&*pb, a));
-        if !alive {
-            pa.header().meta.lock().links.retain(|p| *p != b);
-            pa.exit_signal(b, ExitReason::NoProc, false);
-        }
+        let reason = match self.lookup(b).map(|pb| self.add_link(&*pb, a)) {
+            Some(Added::Yes) => return,
+            Some(Added::Limit) => ExitReason::crashed(format!("system_limit: {b} has too many links")),
+            Some(Added::Exited) | None => ExitReason::NoProc,
+        };
+        pa.header().meta.lock().links.retain(|p| *p != b);
+        pa.exit_signal(b, reason, false);
     }
 
     pub(crate) fn unlink(&self, a: Pid, b: Pid) {
@@ -873,22 +901,29 @@ impl NodeShared {
             let mut meta = w.header().meta.lock();
             if meta.monitors.len() >= MAX_MONITORS {
                 drop(meta);
-                w.down(Down { monitor: mref, pid: target, reason: ExitReason::NoProc });
+                let reason = self.system_limit(&*w, "too many monitors");
+                w.exit_signal(watcher, reason, false);
                 return mref;
             }
             meta.monitors.push((mref, target));
         }
-        let ok = self.lookup(target).is_some_and(|t| {
+        let added = self.lookup(target).map(|t| {
             let mut meta = t.header().meta.lock();
-            if meta.exited.is_some() || meta.monitored_by.len() >= MAX_MONITORS {
-                return false;
+            if meta.exited.is_some() {
+                return Added::Exited;
+            }
+            if meta.monitored_by.len() >= MAX_MONITORS {
+                return Added::Limit;
             }
             meta.monitored_by.push((mref, watcher));
-            true
+            Added::Yes
         });
-        if !ok {
-            w.down(Down { monitor: mref, pid: target, reason: ExitReason::NoProc });
-        }
+        let reason = match added {
+            Some(Added::Yes) => return mref,
+            Some(Added::Limit) => ExitReason::crashed(format!("system_limit: {target} has too many monitors")),
+            Some(Added::Exited) | None => ExitReason::NoProc,
+        };
+        w.down(Down { monitor: mref, pid: target, reason });
         mref
     }
 

@@ -36,13 +36,70 @@ pub(crate) enum GuardExit {
     Killed,
 }
 
+thread_local! {
+    /// How many [`guarded`] polls are on this thread's stack (a handler polled inside a handler
+    /// through an inline call nests). Non-zero: a panic here is a process crash.
+    static IN_GUARD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Where the last process panic on this thread happened, left by the panic hook for
+    /// [`panic_message`].
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per OS process) a panic hook that turns a panic inside a process handler into
+/// a `tracing` event (target `soma::panic`, level debug, with its location) instead of the default
+/// stderr message and backtrace: a handler panic is an ordinary crash, reported once as the
+/// process's exit (`process crashed`, with the location in the reason). Panics anywhere else go
+/// to the hook that was installed before.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_GUARD.with(|g| g.get()) == 0 {
+                return previous(info);
+            }
+            let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            tracing::debug!(target: "soma::panic", location = at.as_deref().unwrap_or("?"), "{}", info);
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+        }));
+    });
+}
+
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
+    let text = if let Some(s) = p.downcast_ref::<&str>() {
         format!("panic: {s}")
     } else if let Some(s) = p.downcast_ref::<String>() {
         format!("panic: {s}")
     } else {
         "panic".to_owned()
+    };
+    match PANIC_AT.with(|at| at.borrow_mut().take()) {
+        Some(at) => format!("{text} (at {at})"),
+        None => text,
+    }
+}
+
+/// Runs `f`, turning a panic into its message (with the location, when the hook saw it) without
+/// the default hook's stderr report.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let _mark = GuardMark::enter();
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+/// Marks a guarded poll on this thread's stack for the panic hook; unmarks on drop (also when
+/// unwinding).
+struct GuardMark;
+
+impl GuardMark {
+    fn enter() -> GuardMark {
+        IN_GUARD.with(|g| g.set(g.get() + 1));
+        GuardMark
+    }
+}
+
+impl Drop for GuardMark {
+    fn drop(&mut self) {
+        IN_GUARD.with(|g| g.set(g.get().saturating_sub(1)));
     }
 }
 
@@ -53,7 +110,7 @@ pub(crate) async fn guarded<F: Future>(hdr: &Header, fut: F) -> Result<F::Output
         if hdr.flags() & F_KILL != 0 {
             return Poll::Ready(Err(GuardExit::Killed));
         }
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+        match catch(|| fut.as_mut().poll(cx)) {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Ok(Poll::Pending) => {
                 {
@@ -70,7 +127,7 @@ pub(crate) async fn guarded<F: Future>(hdr: &Header, fut: F) -> Result<F::Output
                     Poll::Pending
                 }
             }
-            Err(p) => Poll::Ready(Err(GuardExit::Panic(panic_message(p)))),
+            Err(m) => Poll::Ready(Err(GuardExit::Panic(m))),
         }
     })
     .await
@@ -149,7 +206,7 @@ fn serve_sys<B: Behaviour>(cell: &Cell<B>, state: &B) {
     for msg in msgs {
         match msg {
             SysMsg::GetState(tx) => {
-                let snap = catch_unwind(AssertUnwindSafe(|| state.snapshot())).unwrap_or(None);
+                let snap = catch(|| state.snapshot()).unwrap_or(None);
                 let _ = tx.send(snap);
             }
         }
@@ -356,7 +413,7 @@ pub(crate) async fn run<B: Behaviour>(cell: Arc<Cell<B>>, init: Option<B::Args>)
 
 /// Records a `State` trace event if the snapshot changed since the last one recorded.
 fn record_state<B: Behaviour>(hdr: &Header, state: &B) {
-    let Ok(Some(snap)) = catch_unwind(AssertUnwindSafe(|| state.snapshot())) else {
+    let Ok(Some(snap)) = catch(|| state.snapshot()) else {
         return;
     };
     let changed = {
@@ -391,10 +448,10 @@ async fn finish<B: Behaviour>(
             reason = take_pending_exit(cell);
         }
     }
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(state)));
+    let _ = catch(move || drop(state));
     drop(ctx);
     // Any state left in the cell (e.g. the process was idle) goes too.
     let left = cell.state.lock().take();
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(left)));
+    let _ = catch(move || drop(left));
     cell.hdr.node.exit_process(cell, reason);
 }
