@@ -14,10 +14,20 @@
 //! * [`CorrelationId`] — the ID that ties a message to everything done while handling it.
 //! * [`MonitorRef`] — the reference returned by a monitor and carried by its `Down` notification.
 //!
-//! This crate has no I/O and no clock. The wire codec and frames come with the distribution layer.
+//! And the wire protocol between nodes, as pure code (no I/O, no clock):
+//!
+//! * [`handshake`] — the first exchange on a new connection ([`handshake::Hello`]): protocol
+//!   version, cluster, node name and creation.
+//! * [`frame`] — what connected nodes say: send, call and reply, link/unlink, monitor/demonitor,
+//!   exit and down, and tags reserved for later control traffic; with the codec's [`frame::Limits`].
+//! * [`codec`] — frames to bytes and back (bincode 2, only here), with clear errors for
+//!   malformed, truncated, oversized or unknown frames.
 #![deny(missing_docs)]
 
+pub mod codec;
 mod exit;
+pub mod frame;
+pub mod handshake;
 mod pid;
 
 pub use exit::{CorrelationId, ExitReason, MonitorRef};

@@ -45,6 +45,7 @@
 pub mod bench;
 pub mod process;
 pub mod supervision;
+pub mod tls;
 
 pub use cluster_proto::{CorrelationId, ExitReason, MonitorRef, NodeId, Pid};
 pub use process::behaviour::{Behaviour, Down, Error, Message};

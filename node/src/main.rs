@@ -1,4 +1,7 @@
-//! The `soma` binary: run benchmarks (and, later, nodes and the admin CLI).
+//! The `soma` binary: run benchmarks, make cluster certificates (and, later, run nodes and the
+//! admin CLI).
+
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -16,6 +19,51 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
+    },
+    /// Make the cluster CA and node certificates for mutual TLS between nodes.
+    Cert {
+        #[command(subcommand)]
+        which: CertCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Create a cluster CA: writes ca.pem (give it to every node) and ca-key.pem (keep it secret,
+    /// off the nodes; it is needed only to issue node certificates).
+    Ca {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Cluster name, recorded in the CA certificate's subject.
+        #[arg(long, default_value = soma::tls::DEFAULT_CLUSTER)]
+        cluster: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = soma::tls::DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate signed by the cluster CA: writes NAME.pem and NAME-key.pem.
+    Node {
+        /// The node name (also a DNS name in the certificate; peers dial the node by it).
+        name: String,
+        /// Directory holding ca.pem and ca-key.pem.
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Extra subject alternative name: an IP address or a DNS name (repeatable).
+        #[arg(long = "san", value_name = "ADDR")]
+        sans: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = soma::tls::DEFAULT_NODE_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -56,6 +104,20 @@ fn main() -> anyhow::Result<()> {
             })
             .context("bench task panicked")?
             .map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
+        }
+        Command::Cert { which: CertCmd::Ca { out, cluster, days, force } } => {
+            let files = soma::tls::write_ca(&out, &cluster, soma::tls::Validity::days_from_now(days), force)?;
+            println!("wrote {} and {}", files.cert.display(), files.key.display());
+            eprintln!(
+                "keep {} secret and off the nodes; give {} to every node",
+                files.key.display(),
+                files.cert.display()
+            );
+        }
+        Command::Cert { which: CertCmd::Node { name, ca_dir, out, sans, days, force } } => {
+            let validity = soma::tls::Validity::days_from_now(days);
+            let paths = soma::tls::write_node_cert(&ca_dir, &out, &name, &sans, validity, force)?;
+            println!("wrote {} and {}", paths.cert.display(), paths.key.display());
         }
     }
     Ok(())
