@@ -43,11 +43,13 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod dist;
 pub mod process;
 pub mod supervision;
 pub mod tls;
 
 pub use cluster_proto::{CorrelationId, ExitReason, MonitorRef, NodeId, Pid};
+pub use dist::{DistConfig, DistStats, PidRef};
 pub use process::behaviour::{Behaviour, Down, Error, Message};
 pub use process::context::Context;
 pub use process::introspect::{ProcessInfo, ProcessStatus, TreeNode};

@@ -7,6 +7,8 @@
 //!   bursts, and reports every callback to an [`Events`] receiver.
 //! * [`Counter`] — a tiny behaviour with a JSON snapshot, for `state()` and type-mismatch tests.
 
+pub mod cluster;
+
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;

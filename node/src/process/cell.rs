@@ -76,6 +76,21 @@ pub(crate) const MAX_MONITORS: usize = 65_536;
 pub(crate) enum ReplyTo<R> {
     Typed(oneshot::Sender<R>),
     Json(oneshot::Sender<Result<serde_json::Value, String>>),
+    /// A caller on another node.
+    Wire(crate::dist::inbound::WireReply),
+}
+
+/// Why a message or call from a peer was not queued.
+pub(crate) enum WireRefused {
+    /// The bounded mailbox is full.
+    Full,
+    /// The bytes are not a message (or request) of the behaviour's type.
+    Undecodable {
+        /// The target's behaviour.
+        behaviour: &'static str,
+        /// The decoder's complaint.
+        error: String,
+    },
 }
 
 /// One entry of a mailbox.
@@ -235,6 +250,21 @@ pub(crate) trait AnyProcess: Send + Sync + 'static {
         from: Option<Pid>,
         corr: Option<CorrelationId>,
     ) -> Result<(), SendError>;
+    /// Queues a message that came from a peer, decoding it into the behaviour's type.
+    fn push_wire(
+        self: Arc<Self>,
+        payload: &[u8],
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    ) -> Result<(), WireRefused>;
+    /// Queues a call that came from a peer; on refusal the reply slot has been answered.
+    fn call_wire(
+        self: Arc<Self>,
+        payload: &[u8],
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+        reply: crate::dist::inbound::WireReply,
+    ) -> Result<(), WireRefused>;
     /// Queues a JSON call. Errors: `BadRequest` (not decodable) or `Full`.
     fn call_json(
         self: Arc<Self>,
@@ -255,7 +285,7 @@ pub(crate) struct Cell<B: Behaviour> {
 
 /// Why a push was refused.
 pub(crate) enum PushError<B: Behaviour> {
-    Full(#[allow(dead_code)] Envelope<B>),
+    Full(Envelope<B>),
 }
 
 impl<B: Behaviour> Cell<B> {
@@ -543,6 +573,44 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
                 Err(PushError::Full(_)) => Err(SendError::Full(pid)),
             },
             Err(_) => Err(SendError::WrongType { pid, behaviour: B::name() }),
+        }
+    }
+
+    fn push_wire(
+        self: Arc<Self>,
+        payload: &[u8],
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+    ) -> Result<(), WireRefused> {
+        let msg = cluster_proto::codec::decode_payload::<B::Msg>(payload)
+            .map_err(|e| WireRefused::Undecodable { behaviour: B::name(), error: e.to_string() })?;
+        self.push(Envelope::Cast { msg, from, corr }).map_err(|_| WireRefused::Full)
+    }
+
+    fn call_wire(
+        self: Arc<Self>,
+        payload: &[u8],
+        from: Option<Pid>,
+        corr: Option<CorrelationId>,
+        reply: crate::dist::inbound::WireReply,
+    ) -> Result<(), WireRefused> {
+        use cluster_proto::frame::RemoteCallError;
+        let req = match cluster_proto::codec::decode_payload::<B::Call>(payload) {
+            Ok(req) => req,
+            Err(e) => {
+                let error = e.to_string();
+                reply.fail(RemoteCallError::BadRequest(format!("not a request {} understands: {error}", B::name())));
+                return Err(WireRefused::Undecodable { behaviour: B::name(), error });
+            }
+        };
+        match self.push(Envelope::Call { req, reply: ReplyTo::Wire(reply), from, corr }) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full(env)) => {
+                if let Envelope::Call { reply: ReplyTo::Wire(r), .. } = env {
+                    r.fail(RemoteCallError::Full);
+                }
+                Err(WireRefused::Full)
+            }
         }
     }
 

@@ -120,6 +120,9 @@ impl<B: Behaviour> Context<B> {
     /// Sends `msg` to the process `to` by PID; `M` must be its behaviour's message type.
     pub fn send_to<M: Message>(&self, to: Pid, msg: M) -> Result<(), SendError> {
         self.note_out(TraceKind::Sent, to, &msg);
+        if let Some(d) = self.hdr().node.remote(to) {
+            return d.send(to, Some(self.pid()), self.corr, &msg);
+        }
         self.hdr().node.send_any(to, Box::new(msg), Some(self.pid()), self.corr)
     }
 
@@ -132,6 +135,18 @@ impl<B: Behaviour> Context<B> {
     ) -> Result<T::Reply, CallError> {
         self.note_out(TraceKind::Called, to.pid(), &req);
         call_cell(&to.cell, req, Some(self.pid()), self.corr, timeout).await
+    }
+
+    /// Calls the process `to` (local or on another node) and waits up to `timeout` for the
+    /// reply; the correlation ID being handled goes with the request.
+    pub async fn call_ref<T: Behaviour>(
+        &self,
+        to: &crate::PidRef<T>,
+        req: T::Call,
+        timeout: Duration,
+    ) -> Result<T::Reply, CallError> {
+        self.note_out(TraceKind::Called, to.pid(), &req);
+        to.call_from(Some(self.pid()), self.corr, req, timeout).await
     }
 
     /// Spawns a child process whose parent is this one.

@@ -96,6 +96,9 @@ pub enum NodeError {
     /// No tokio runtime to run processes on.
     #[error("Node::start must be called inside a tokio runtime (or use Node::start_on)")]
     NoRuntime,
+    /// Distribution could not start.
+    #[error(transparent)]
+    Dist(crate::dist::DistError),
 }
 
 /// Why a spawn failed. An `init` that fails before `spawn` returns gives [`SpawnError::Init`]
@@ -133,6 +136,13 @@ pub enum SendError {
         /// Its behaviour.
         behaviour: &'static str,
     },
+    /// The message could not be encoded for another node (not serializable, or larger than
+    /// the frame limit).
+    #[error("message cannot be sent to another node: {0}")]
+    Encode(String),
+    /// The connection to the node of the registered name is pushing back (its lane is full).
+    #[error("the connection carrying messages to {0:?} is full")]
+    FullNamed(String),
 }
 
 /// Why a call failed.
@@ -153,6 +163,13 @@ pub enum CallError {
     /// The request could not be decoded / the behaviour does not take it.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The process's node is unreachable, or the connection to it was lost before the reply
+    /// came (G3: pending calls to a lost node fail at once).
+    #[error("no connection to the process's node")]
+    NoConnection,
+    /// The process's node has too many calls from this node in progress.
+    #[error("the process's node is busy")]
+    Busy,
 }
 
 /// Registry errors.
@@ -200,6 +217,8 @@ pub(crate) struct NodeShared {
     trace_capacity: usize,
     shutting_down: AtomicBool,
     dropped: AtomicU64,
+    /// The distribution layer, once started (see [`Node::start_distributed`]).
+    pub(crate) dist: std::sync::OnceLock<Arc<crate::dist::Dist>>,
 }
 
 /// A soma node's process runtime. Cheap to clone.
@@ -348,8 +367,13 @@ impl Node {
                 trace_capacity: config.trace_capacity.clamp(1, TraceRing::MAX_CAPACITY),
                 shutting_down: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
+                dist: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
     }
 
     pub(crate) fn from_shared(shared: Arc<NodeShared>) -> Node {
@@ -388,6 +412,9 @@ impl Node {
     /// Sends `msg` to `pid`; `M` must be the target behaviour's message type. A dead or unknown
     /// PID drops the message (G2).
     pub fn send<M: super::behaviour::Message>(&self, pid: Pid, msg: M) -> Result<(), SendError> {
+        if let Some(d) = self.shared.remote(pid) {
+            return d.send(pid, None, None, &msg);
+        }
         self.shared.send_any(pid, Box::new(msg), None, None)
     }
 
@@ -617,6 +644,9 @@ impl Node {
     /// stop their children in order), then whatever is left after `timeout` is killed.
     pub async fn shutdown(&self, timeout: Duration) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(d) = self.shared.dist.get() {
+            d.shutdown();
+        }
         let roots: Vec<Pid> = self.tree().iter().rev().map(|t| t.pid).collect();
         let waits: Vec<_> = self.processes().into_iter().map(|p| self.wait_exit(p)).collect();
         for pid in roots {
@@ -726,6 +756,58 @@ impl NodeShared {
         self.started.elapsed().as_millis() as u64
     }
 
+    #[inline]
+    pub(crate) fn is_remote(&self, pid: Pid) -> bool {
+        pid.node() != self.id
+    }
+
+    /// The distribution layer, if this node is distributed and `pid` is on another node.
+    #[inline]
+    pub(crate) fn remote(&self, pid: Pid) -> Option<&Arc<crate::dist::Dist>> {
+        if self.is_remote(pid) {
+            self.dist.get()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn whereis(&self, name: &str) -> Option<Pid> {
+        self.registry.lock().get(name).copied()
+    }
+
+    /// A peer process links to local `local`: `false` if `local` is gone (or at its limit).
+    pub(crate) fn link_from_remote(&self, local: Pid, remote: Pid) -> bool {
+        self.lookup(local).is_some_and(|p| matches!(self.add_link(&*p, remote), Added::Yes))
+    }
+
+    /// Removes `remote` from `local`'s links.
+    pub(crate) fn unlink_local_side(&self, local: Pid, remote: Pid) {
+        if let Some(p) = self.lookup(local) {
+            p.header().meta.lock().links.retain(|l| *l != remote);
+        }
+    }
+
+    /// A peer process monitors local `target`. `Err`: the `Down` to send back at once.
+    pub(crate) fn monitor_from_remote(&self, watcher: Pid, target: Pid, mref: MonitorRef) -> Result<(), ExitReason> {
+        let Some(t) = self.lookup(target) else { return Err(ExitReason::NoProc) };
+        let mut meta = t.header().meta.lock();
+        if meta.exited.is_some() {
+            return Err(ExitReason::NoProc);
+        }
+        if meta.monitored_by.len() >= MAX_MONITORS {
+            return Err(ExitReason::crashed(format!("system_limit: {target} has too many monitors")));
+        }
+        meta.monitored_by.push((mref, watcher));
+        Ok(())
+    }
+
+    /// Removes a peer watcher's monitor of local `target`.
+    pub(crate) fn demonitor_from_remote(&self, watcher: Pid, target: Pid, mref: MonitorRef) {
+        if let Some(t) = self.lookup(target) {
+            t.header().meta.lock().monitored_by.retain(|(r, w)| !(*r == mref && *w == watcher));
+        }
+    }
+
     pub(crate) fn lookup(&self, pid: Pid) -> Option<Arc<dyn AnyProcess>> {
         if pid.node() != self.id {
             return None;
@@ -813,6 +895,9 @@ impl NodeShared {
     }
 
     pub(crate) fn exit_signal(&self, from: Pid, to: Pid, reason: ExitReason, kill: bool) {
+        if let Some(d) = self.remote(to) {
+            return d.exit(from, to, reason, kill, false);
+        }
         if let Some(p) = self.lookup(to) {
             p.exit_signal(from, reason, kill);
         }
@@ -877,6 +962,13 @@ impl NodeShared {
                 return Arc::clone(&pa).exit_signal(a, reason, false);
             }
         }
+        if let Some(d) = self.remote(b) {
+            if let Err(reason) = d.link(a, b) {
+                pa.header().meta.lock().links.retain(|p| *p != b);
+                pa.exit_signal(b, reason, false);
+            }
+            return;
+        }
         let reason = match self.lookup(b).map(|pb| self.add_link(&*pb, a)) {
             Some(Added::Yes) => return,
             Some(Added::Limit) => ExitReason::crashed(format!("system_limit: {b} has too many links")),
@@ -887,6 +979,10 @@ impl NodeShared {
     }
 
     pub(crate) fn unlink(&self, a: Pid, b: Pid) {
+        if let Some(d) = self.remote(b) {
+            self.unlink_local_side(a, b);
+            return d.unlink(a, b);
+        }
         for (x, y) in [(a, b), (b, a)] {
             if let Some(p) = self.lookup(x) {
                 p.header().meta.lock().links.retain(|l| *l != y);
@@ -906,6 +1002,12 @@ impl NodeShared {
                 return mref;
             }
             meta.monitors.push((mref, target));
+        }
+        if let Some(d) = self.remote(target) {
+            if let Err(reason) = d.monitor(watcher, target, mref) {
+                w.down(Down { monitor: mref, pid: target, reason });
+            }
+            return mref;
         }
         let added = self.lookup(target).map(|t| {
             let mut meta = t.header().meta.lock();
@@ -933,9 +1035,11 @@ impl NodeShared {
             let i = meta.monitors.iter().position(|(r, _)| *r == mref)?;
             Some(meta.monitors.swap_remove(i).1)
         });
-        if let Some(t) = target.and_then(|t| self.lookup(t)) {
-            t.header().meta.lock().monitored_by.retain(|(r, _)| *r != mref);
+        let Some(target) = target else { return };
+        if let Some(d) = self.remote(target) {
+            return d.demonitor(watcher, target, mref);
         }
+        self.demonitor_from_remote(watcher, target, mref);
     }
 
     /// Exit bookkeeping, run by the exiting process's runner after its state is gone.
@@ -980,19 +1084,25 @@ impl NodeShared {
             }
         }
         for l in links {
-            if let Some(p) = self.lookup(l) {
+            if let Some(d) = self.remote(l) {
+                d.exit(pid, l, reason.clone(), false, true);
+            } else if let Some(p) = self.lookup(l) {
                 p.header().meta.lock().links.retain(|x| *x != pid);
                 p.exit_signal(pid, reason.clone(), false);
             }
         }
         for (mref, w) in monitored_by {
-            if let Some(p) = self.lookup(w) {
+            if let Some(d) = self.remote(w) {
+                d.down(w, mref, pid, reason.clone());
+            } else if let Some(p) = self.lookup(w) {
                 p.down(Down { monitor: mref, pid, reason: reason.clone() });
             }
         }
         for (mref, t) in monitors {
-            if let Some(p) = self.lookup(t) {
-                p.header().meta.lock().monitored_by.retain(|(r, _)| *r != mref);
+            if let Some(d) = self.remote(t) {
+                d.demonitor(pid, t, mref);
+            } else {
+                self.demonitor_from_remote(pid, t, mref);
             }
         }
         for w in waiters {

@@ -350,6 +350,7 @@ pub(crate) async fn run<B: Behaviour>(cell: Arc<Cell<B>>, init: Option<B::Args>)
                                     serde_json::to_value(&rep).map_err(|e| format!("reply not serializable: {e}")),
                                 );
                             }
+                            ReplyTo::Wire(w) => w.reply(&rep),
                         }
                         Ok(Ok(()))
                     }
