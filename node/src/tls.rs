@@ -203,7 +203,7 @@ pub enum TlsError {
 pub struct PemPair {
     /// The certificate (`-----BEGIN CERTIFICATE-----`).
     pub cert_pem: String,
-    /// The PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`). Secret.
+    /// The PKCS#8 private key, PEM-encoded. Secret.
     pub key_pem: String,
 }
 

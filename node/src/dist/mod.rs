@@ -300,14 +300,7 @@ impl Dist {
                     tracing::debug!(peer = %name, "no address known for node");
                     return Route::Gone(ExitReason::NoConnection);
                 };
-                let s = Arc::new(Session::new(
-                    Arc::clone(&name),
-                    attempt,
-                    creation,
-                    self.lane_capacity,
-                    self.limits,
-                    Arc::clone(&self.stats),
-                ));
+                let s = self.new_session(Arc::clone(&name), attempt, creation);
                 st.sessions.insert(name, Arc::clone(&s));
                 drop(st);
                 let (d, s2) = (Arc::clone(self), Arc::clone(&s));
@@ -318,6 +311,10 @@ impl Dist {
             }
             OnUse::Unreachable => Route::Gone(ExitReason::NoConnection),
         }
+    }
+
+    fn new_session(&self, peer: Arc<str>, id: arbiter::ConnId, expected: Option<u64>) -> Arc<Session> {
+        Arc::new(Session::new(peer, id, expected, self.lane_capacity, self.limits, Arc::clone(&self.stats)))
     }
 
     /// An existing live session to `node` (never dials: for clean-up signals).
@@ -425,17 +422,7 @@ impl Dist {
                                 s.id.store(id, Ordering::Release);
                                 (s, None)
                             }
-                            (_, old) => (
-                                Arc::new(Session::new(
-                                    Arc::clone(&peer),
-                                    id,
-                                    None,
-                                    self.lane_capacity,
-                                    self.limits,
-                                    Arc::clone(&self.stats),
-                                )),
-                                old,
-                            ),
+                            (_, old) => (self.new_session(Arc::clone(&peer), id, None), old),
                         };
                         st.sessions.insert(Arc::clone(&peer), Arc::clone(&session));
                         (Ok(session), ended)
