@@ -14,7 +14,15 @@
 //! payload belongs, is [`DecodeError::Malformed`]. No input makes the codec panic (fuzzed: see
 //! `fuzz/`). A reader's buffer never holds more than one frame plus one chunk.
 //!
+//! Heads, payloads and handshakes decode through a guard (`codec/guard.rs`): a claimed string
+//! length is checked against the bytes actually present before anything is allocated, and
+//! nesting deeper than [`MAX_DEPTH`] (a recursive message type fed a long chain) is an error
+//! instead of a stack overflow. Decoding a frame of `n` bytes therefore allocates `O(n)` plus
+//! serde's bounded sequence preallocation (≤ 1 MiB), whatever the bytes claim.
+//!
 //! Encoding is all-or-nothing: on error the buffer is left as it was.
+
+use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -129,8 +137,8 @@ pub fn encode_payload<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Re
 
 /// Decodes a whole payload into `T`; bytes left over are an error (a type mismatch, usually).
 pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (v, used) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| DecodeError::Payload(e.to_string()))?;
+    let (v, used) = bincode::serde::seed_decode_from_slice(guard::Guarded::<T>(PhantomData), bytes, config())
+        .map_err(|e| DecodeError::Payload(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::Payload(format!("{} trailing bytes", bytes.len() - used)));
     }
@@ -248,7 +256,7 @@ pub fn encode_frame_raw(
 }
 
 fn get<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], kind: &'static str) -> Result<(T, usize), DecodeError> {
-    bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config())
+    bincode::serde::seed_decode_from_slice(guard::Guarded::<T>(PhantomData), bytes, config())
         .map_err(|e| DecodeError::Malformed { kind, reason: e.to_string() })
 }
 
@@ -405,5 +413,8 @@ impl FrameReader {
     }
 }
 
+mod guard;
 #[cfg(test)]
 mod tests;
+
+pub use guard::MAX_DEPTH;
