@@ -16,6 +16,16 @@ impl TestCa {
         TestCa { ca: generate_ca("test").expect("CA") }
     }
 
+    /// The CA certificate (PEM), what every node trusts.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    /// A certificate and key for `name` with the given validity (expired ones included).
+    pub fn issue(&self, name: &str, validity: Validity) -> PemPair {
+        issue_node_cert(&self.ca, name, &[], validity).expect("node cert")
+    }
+
     /// TLS material for node `name`, issued by this CA.
     pub fn node_tls(&self, name: &str) -> NodeTls {
         let leaf = issue_node_cert(&self.ca, name, &[], Validity::days_from_now(1)).expect("node cert");

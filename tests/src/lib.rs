@@ -8,6 +8,7 @@
 //! * [`Counter`] — a tiny behaviour with a JSON snapshot, for `state()` and type-mismatch tests.
 
 pub mod cluster;
+pub mod hostile;
 
 use std::future::Future;
 use std::task::Poll;

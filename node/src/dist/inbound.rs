@@ -3,8 +3,11 @@
 //! Every frame is turned into the same operation a local process would have caused (push,
 //! call, link, monitor, exit signal, down), addressed by PIDs rebuilt from the serials on the
 //! wire and the session's two incarnations. Bad input is never a panic: a message that does not
-//! decode into the target's type is dropped, counted and logged; refusals (undecodable, full,
-//! busy) count towards the session's flood budget.
+//! decode into the target's type is dropped, counted and logged (the 1st, 2nd, 4th, 8th ...
+//! time, so floods do not flood the log); refusals (undecodable, full, busy) count towards the
+//! session's flood budget. A message to a process that no longer exists is *not* a refusal: it
+//! is what Erlang does too (dropped silently, counted in `to_dead_pid`), it happens to honest
+//! peers after every crash, and dropping it costs a table lookup.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -158,6 +161,12 @@ pub(crate) fn dispatch(node: &NodeShared, session: &Arc<Session>, remote: NodeId
     }
 }
 
+/// Whether the `n`th occurrence of a per-node event is logged: the 1st, 2nd, 4th, 8th ... so a
+/// flood of bad frames cannot flood the log too (the counters have the exact figures).
+fn log_nth(n: u64) -> bool {
+    n.is_power_of_two()
+}
+
 fn deliver(
     _node: &NodeShared,
     session: &Session,
@@ -178,8 +187,10 @@ fn deliver(
             Err(Refused)
         }
         Err(WireRefused::Undecodable { behaviour, error }) => {
-            stats.undecodable.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %session.peer, behaviour, %error, "dropped a message that does not decode into the target's type");
+            let n = stats.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+            if log_nth(n) {
+                tracing::warn!(peer = %session.peer, behaviour, %error, dropped = n, "dropped a message that does not decode into the target's type");
+            }
             Err(Refused)
         }
     }
@@ -214,8 +225,10 @@ fn serve_call(
             Err(Refused)
         }
         Err(WireRefused::Undecodable { behaviour, error }) => {
-            session.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %session.peer, behaviour, %error, "refused a call whose request does not decode");
+            let n = session.stats.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+            if log_nth(n) {
+                tracing::warn!(peer = %session.peer, behaviour, %error, dropped = n, "refused a call whose request does not decode");
+            }
             Err(Refused)
         }
     }

@@ -43,12 +43,21 @@ use session::{lane_of, Enqueue, Session};
 pub use stats::DistStats;
 use stats::Stats;
 
-/// QUIC application close codes.
-mod close {
+/// The QUIC application close codes a node closes connections with; the close reason (bytes)
+/// says more, e.g. `protocol error: oversized`.
+pub mod close {
+    /// The node is shutting down, or was told to disconnect from the peer.
     pub const SHUTDOWN: u32 = 0;
+    /// The peer broke the protocol: a bad or missing hello, a malformed, truncated, oversized or
+    /// unknown frame, or an identity that cannot be used.
     pub const PROTOCOL: u32 = 1;
+    /// The handshake was refused (wrong cluster, a name not in the certificate, a duplicate or
+    /// stale connection ...): the reason is the `RejectReason`.
     pub const REJECTED: u32 = 2;
+    /// Another connection between the two nodes replaced this one.
     pub const SUPERSEDED: u32 = 3;
+    /// The peer sent more refused frames than [`FLOOD_REFUSALS`](super::FLOOD_REFUSALS) within
+    /// [`FLOOD_WINDOW`](super::FLOOD_WINDOW).
     pub const FLOOD: u32 = 4;
 }
 
@@ -382,22 +391,37 @@ impl Dist {
 
     async fn accept(self: Arc<Self>, incoming: quinn::Incoming) {
         let remote_addr = incoming.remote_address();
-        let r = tokio::time::timeout(self.connect_timeout, async {
-            let conn = incoming.await.map_err(|e| e.to_string())?;
-            let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let hello = read_msg(&mut recv, handshake::decode_hello).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((conn, send, hello))
-        })
-        .await;
-        let (conn, mut send, hello) = match r {
-            Ok(Ok(x)) => x,
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        // TLS first (a certificate the CA did not sign, or an expired one, ends here) ...
+        let conn = match tokio::time::timeout_at(deadline, incoming).await {
+            Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                return tracing::info!(%remote_addr, error = %e, "incoming connection failed its handshake");
+                return tracing::info!(%remote_addr, error = %e, "incoming connection failed its TLS handshake");
             }
             Err(_) => {
                 self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                return tracing::info!(%remote_addr, "incoming connection sent no handshake in time");
+                return tracing::info!(%remote_addr, "incoming connection did not finish its TLS handshake in time");
+            }
+        };
+        // ... then our hello, in the same time budget.
+        let r = tokio::time::timeout_at(deadline, async {
+            let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let hello = read_msg(&mut recv, handshake::decode_hello).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, hello))
+        })
+        .await;
+        let (mut send, hello) = match r {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%remote_addr, error = %e, "incoming connection sent a bad hello");
+                return conn.close(close::PROTOCOL.into(), b"bad hello");
+            }
+            Err(_) => {
+                self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%remote_addr, "incoming connection sent no hello in time");
+                return conn.close(close::PROTOCOL.into(), b"no hello in time");
             }
         };
         let verdict = handshake::check_hello(&self.local_id(), &hello)
