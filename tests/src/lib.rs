@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod hostile;
+pub mod relay;
 
 use std::future::Future;
 use std::task::Poll;
