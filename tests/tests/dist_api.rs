@@ -142,3 +142,39 @@ async fn g3_a_silent_peer_is_detected_by_the_idle_timeout() {
     let r = a.pid_ref::<Probe>(fresh.pid());
     assert_eq!(within("call after healing", r.call(Req::Echo(5), CALL)).await, Ok(Reply::Num(5)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_exit_signals_and_kills_to_remote_pids() {
+    let ca = TestCa::new();
+    let (a, b) = (ca.node("a", 1), ca.node("b", 1));
+    mesh(&[&a, &b]);
+    let (tx, mut events) = Events::new();
+    let trapper = probe(&b, ProbeArgs { trap_exit: true, ..ProbeArgs::with_events(&tx) });
+    let plain = probe(&b, ProbeArgs::default());
+    let survivor = probe(&b, ProbeArgs::default());
+    let victim = probe(&b, ProbeArgs { trap_exit: true, ..ProbeArgs::default() });
+    within("connect", a.pid_ref::<Probe>(plain.pid()).call(Req::Ping, CALL)).await.expect("ping");
+    let node_a = a.node_pid();
+
+    // A trapping process gets the signal as a message, from a's node PID.
+    a.exit(trapper.pid(), ExitReason::crashed("bye"));
+    match events.next().await {
+        Event::Exit { pid, from, reason } => {
+            assert_eq!((pid, from), (trapper.pid(), node_a));
+            assert_crashed_with(&reason, "bye");
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    // A non-trapping one stops with any reason but `normal`.
+    let plain_exit = b.wait_exit(plain.pid());
+    a.exit(plain.pid(), ExitReason::Shutdown);
+    assert_eq!(within("plain exit", plain_exit).await, ExitReason::Shutdown);
+    a.exit(survivor.pid(), ExitReason::Normal);
+    // Same lane as the signal (from no process to the survivor): handled after it, so alive.
+    within("call after normal", a.pid_ref::<Probe>(survivor.pid()).call(Req::Ping, CALL)).await.expect("alive");
+    // A kill cannot be trapped.
+    let victim_exit = b.wait_exit(victim.pid());
+    a.kill(victim.pid());
+    assert_eq!(within("victim exit", victim_exit).await, ExitReason::Killed);
+    assert!(b.is_alive(trapper.pid()) && b.is_alive(survivor.pid()));
+}
