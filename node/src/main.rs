@@ -81,29 +81,54 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1_000_000)]
         calls: u64,
     },
+    /// Distribution: two nodes in this one OS process, each with its own QUIC endpoint on
+    /// 127.0.0.1, mutual TLS from a throwaway in-memory CA; one-way sends (u64 and 1 KiB) and
+    /// sequential calls from node A to processes on node B.
+    Remote {
+        /// One-way u64 messages to send.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        send: u64,
+        /// One-way 1 KiB messages to send.
+        #[arg(long = "send-1k", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+        send_1k: u64,
+        /// Sequential calls to time (after a warm-up of a tenth as many).
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        calls: u64,
+    },
+}
+
+/// Prints one benchmark figure as a JSON line.
+fn print_result(r: &soma::bench::BenchResult) {
+    match serde_json::to_string(r) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("cannot print {}: {e}", r.metric),
+    }
+}
+
+/// Runs a benchmark driver on a tokio multi-thread runtime (all cores). The driver runs on a
+/// worker thread, like a process would (block_on's thread is not a worker: every wake-up across
+/// it is a futex round trip).
+fn run_bench<F, Fut>(driver: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    rt.block_on(async move { tokio::spawn(driver()).await }).context("bench task panicked")?.context("bench failed")
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench { which: BenchCmd::Local { spawn, send, calls } } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
             let sizes = soma::bench::LocalBenchSizes { spawn, send, calls };
-            // The driver runs on a worker thread, like a process would (block_on's thread is not
-            // a worker: every wake-up across it is a futex round trip).
-            rt.block_on(async move {
-                tokio::spawn(async move {
-                    soma::bench::run_local(sizes, |r| {
-                        println!("{}", serde_json::to_string(r).unwrap_or_default());
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-                })
-                .await
-            })
-            .context("bench task panicked")?
-            .map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
+            run_bench(|| async move {
+                soma::bench::run_local(sizes, print_result).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+            })?;
+        }
+        Command::Bench { which: BenchCmd::Remote { send, send_1k, calls } } => {
+            let sizes = soma::bench::RemoteBenchSizes { send, send_1k, calls };
+            run_bench(|| async move { Ok(soma::bench::run_remote(sizes, print_result).await.map(|_| ())?) })?;
         }
         Command::Cert { which: CertCmd::Ca { out, cluster, days, force } } => {
             let files = soma::tls::write_ca(&out, &cluster, soma::tls::Validity::days_from_now(days), force)?;

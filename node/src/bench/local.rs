@@ -12,23 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::{rss_bytes, BenchResult};
 use crate::{Behaviour, Context, Error, Node, NodeConfig, SpawnOpts};
-
-/// One benchmark figure.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct BenchResult {
-    /// The benchmark family (`local`).
-    pub bench: &'static str,
-    /// What was measured.
-    pub metric: &'static str,
-    /// The figure.
-    pub value: f64,
-    /// Its unit.
-    pub unit: &'static str,
-}
 
 /// Sizes of the local benchmark (the defaults are the figures).
 #[derive(Debug, Clone, Copy)]
@@ -105,14 +92,6 @@ impl Behaviour for Echo {
     async fn handle_call(&mut self, _: &mut Context<Self>, x: u64) -> Result<u64, Error> {
         Ok(x + 1)
     }
-}
-
-/// Resident set size of this OS process, in bytes (Linux; 0 elsewhere).
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
 }
 
 fn result(metric: &'static str, value: f64, unit: &'static str) -> BenchResult {
