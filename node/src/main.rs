@@ -1,20 +1,40 @@
-//! The `soma` binary: run benchmarks, make cluster certificates (and, later, run nodes and the
-//! admin CLI).
+//! The `soma` binary: run a node (with a demo agent), send to and call processes of running
+//! nodes, make cluster certificates, run benchmarks (and, later, the admin CLI).
+
+mod cli;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-#[derive(Parser)]
-#[command(name = "soma", version, about = "soma: a distributed, observability-first runtime for AI-agent systems")]
+#[derive(Parser, Debug)]
+#[command(
+    name = "soma",
+    version,
+    about = "soma: a distributed, observability-first runtime for AI-agent systems",
+    after_help = "Logs go to stderr; RUST_LOG sets their level (e.g. RUST_LOG=debug). Every option of node, send \
+                  and call can also come from the SOMA_* environment variable shown in its help."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a distributed node with a demo agent (`demo.echo`, registered as `echo`) until Ctrl-C
+    /// or SIGTERM; prints the agent's PID on stdout, logs on stderr.
+    Node(cli::node::NodeArgs),
+    /// Send TEXT to the demo agent PID on another node, from a short-lived node of this command's
+    /// own, and exit. Fire-and-forget, as in Erlang: a message to a process that does not exist
+    /// (any more) is silently dropped by the far node; only an unreachable node, or a PID of an
+    /// earlier incarnation of its node, is an error here.
+    Send(cli::client::SendArgs),
+    /// Call the demo agent PID on another node with TEXT, from a short-lived node of this
+    /// command's own; print the reply and exit. A missing process, an unreachable node or no
+    /// reply within --timeout is an error (exit status 1).
+    Call(cli::client::CallArgs),
     /// Run a benchmark and print one JSON object per result line.
     Bench {
         #[command(subcommand)]
@@ -27,7 +47,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum CertCmd {
     /// Create a cluster CA: writes ca.pem (give it to every node) and ca-key.pem (keep it secret,
     /// off the nodes; it is needed only to issue node certificates).
@@ -67,7 +87,7 @@ enum CertCmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// The process primitive: spawn, one-way send, call, traced send.
     Local {
@@ -117,9 +137,27 @@ where
     rt.block_on(async move { tokio::spawn(driver()).await }).context("bench task panicked")?.context("bench failed")
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; an error is printed as one line (its causes joined by `: `, no backtrace
+/// even under RUST_BACKTRACE) and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    cli::init_logging(match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    });
     match cli.command {
+        Command::Node(args) => cli::node::run(args)?,
+        Command::Send(args) => cli::client::run_send(args)?,
+        Command::Call(args) => cli::client::run_call(args)?,
         Command::Bench { which: BenchCmd::Local { spawn, send, calls } } => {
             let sizes = soma::bench::LocalBenchSizes { spawn, send, calls };
             run_bench(|| async move {
@@ -146,4 +184,75 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_defaults_and_flags() {
+        let Command::Node(a) = Cli::try_parse_from(["soma", "node"]).expect("parses").command else {
+            panic!("not node")
+        };
+        assert_eq!(a.name, "soma");
+        assert_eq!(a.listen, "127.0.0.1:7100".parse().expect("addr"));
+        assert_eq!(a.cluster, soma::tls::DEFAULT_CLUSTER);
+        assert_eq!(a.certs.certs, PathBuf::from("."));
+        assert!(a.peers.is_empty() && a.creation.is_none());
+
+        let argv = "soma node --name a --listen 127.0.0.1:7101 --certs certs --key k.pem \
+                    --peer b=127.0.0.1:7102 --peer c=127.0.0.1:7103 --creation 7";
+        let argv = argv.split_whitespace();
+        let Command::Node(a) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not node") };
+        assert_eq!(a.name, "a");
+        assert_eq!(a.certs.paths("a").key, PathBuf::from("k.pem"));
+        assert_eq!(a.certs.paths("a").cert, PathBuf::from("certs/a.pem"));
+        let peers: Vec<&str> = a.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(peers, ["b", "c"]);
+        assert_eq!(a.creation, Some(7));
+
+        assert!(Cli::try_parse_from(["soma", "node", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["soma", "node", "--peer", "b"]).is_err());
+    }
+
+    #[test]
+    fn client_commands() {
+        let argv = ["soma", "call", "<a.1732512345678.3>", "hello", "--peer", "a=127.0.0.1:7101", "--timeout", "2s"];
+        let Command::Call(c) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not call") };
+        assert_eq!(c.pid.to_string(), "<a.1732512345678.3>");
+        assert_eq!(c.text, "hello");
+        assert_eq!(c.client.name, "cli");
+        assert_eq!(c.client.timeout, Duration::from_secs(2));
+        assert_eq!(c.client.peers[0].name, "a");
+
+        let argv = ["soma", "send", "a.1732512345678.3", "hi there", "--name", "ops", "--certs", "certs"];
+        let Command::Send(s) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not send") };
+        assert_eq!(s.pid.to_string(), "<a.1732512345678.3>");
+        assert_eq!((s.text.as_str(), s.client.name.as_str()), ("hi there", "ops"));
+
+        assert!(Cli::try_parse_from(["soma", "call", "not-a-pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["soma", "send", "<a.1.2>"]).is_err(), "TEXT is required");
+    }
+
+    #[test]
+    fn bench_remote_sizes() {
+        let argv = ["soma", "bench", "remote", "--send", "10", "--send-1k", "5", "--calls", "3"];
+        let Command::Bench { which: BenchCmd::Remote { send, send_1k, calls } } =
+            Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("not bench remote")
+        };
+        assert_eq!((send, send_1k, calls), (10, 5, 3));
+        assert!(Cli::try_parse_from(["soma", "bench", "remote", "--calls", "0"]).is_err());
+    }
 }
