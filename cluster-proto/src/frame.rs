@@ -293,4 +293,6 @@ pub mod tag {
     pub const CONTROL_FIRST: u8 = 0x20;
     /// Last tag reserved for control traffic.
     pub const CONTROL_LAST: u8 = 0x7F;
+    /// Control: a gossip message (membership), body = a chitchat message.
+    pub const GOSSIP: u8 = 0x20;
 }

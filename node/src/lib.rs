@@ -44,6 +44,7 @@
 
 pub mod bench;
 pub mod dist;
+pub mod membership;
 pub mod process;
 pub mod supervision;
 pub mod tls;

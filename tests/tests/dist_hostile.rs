@@ -116,7 +116,7 @@ async fn g8_undecodable_messages_are_dropped_and_counted_and_the_connection_stay
     huge.extend_from_slice(&(60u64 << 20).to_le_bytes());
     cluster_proto::codec::encode_frame_raw(&mut wire, &head, &huge, &L).expect("encodes");
     // A frame kind with no handler yet (control traffic): ignored and counted.
-    encode_frame_with(&mut wire, &Head::Control { tag: 0x20 }, &(), &L).expect("encodes");
+    encode_frame_with(&mut wire, &Head::Control { tag: 0x7F }, &(), &L).expect("encodes");
     // And then a real message, on the same stream: it arrives.
     wire.extend(send_frame(to, &Cmd::Push(5)));
     peer.write_lane(&wire, false).await.expect("write");

@@ -154,8 +154,12 @@ pub(crate) fn dispatch(node: &NodeShared, session: &Arc<Session>, remote: NodeId
             Ok(())
         }
         Head::Control { tag } => {
-            stats.control_ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %session.peer, tag, "control frame not handled by this node");
+            match (node.dist.get(), session.conn.get()) {
+                (Some(d), Some(c)) => d.on_control(remote, c.remote_address(), tag, f.payload),
+                _ => {
+                    stats.control_ignored.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok(())
         }
     }

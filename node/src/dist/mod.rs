@@ -66,6 +66,27 @@ pub const FLOOD_REFUSALS: u32 = 10_000;
 /// See [`FLOOD_REFUSALS`].
 pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
 
+/// Receives the control frames of one tag (gossip, later Raft) from every peer.
+pub(crate) trait ControlHandler: Send + Sync + 'static {
+    /// A frame from the peer incarnation `from`, whose connection comes from `addr`. Runs on the
+    /// connection's reader: it must not block (hand the bytes to a bounded queue).
+    fn on_control(&self, from: NodeId, addr: SocketAddr, body: &[u8]);
+}
+
+/// Why a control frame was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ControlError {
+    /// No node is known at that address (or by that name).
+    #[error("no known node at {0}")]
+    Unknown(String),
+    /// The peer is unreachable right now (dial failed or backing off).
+    #[error("node {0} is unreachable")]
+    Unreachable(String),
+    /// The control lane is full (the frame was dropped, like a datagram).
+    #[error("control lane to {0} is full")]
+    Full(String),
+}
+
 /// How a node takes part in a cluster.
 #[derive(Clone)]
 pub struct DistConfig {
@@ -157,6 +178,9 @@ pub(crate) struct Dist {
     lane_capacity: usize,
     connect_timeout: Duration,
     addrs: Mutex<FxHashMap<Arc<str>, SocketAddr>>,
+    /// The reverse of `addrs`, plus the addresses connected peers come from.
+    addr_names: Mutex<FxHashMap<SocketAddr, Arc<str>>>,
+    control: RwLock<FxHashMap<u8, Arc<dyn ControlHandler>>>,
     state: Mutex<State>,
     by_node: RwLock<FxHashMap<NodeId, Arc<Session>>>,
     stats: Arc<Stats>,
@@ -171,7 +195,7 @@ fn transport(cfg: &DistConfig) -> Result<Arc<quinn::TransportConfig>, DistError>
     t.keep_alive_interval(Some(cfg.keep_alive));
     // Lanes in each direction, plus slack for a restarted writer; one bidi stream for the
     // handshake. A peer cannot open more (bounds our reader tasks).
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(2 * session::LANES as u32));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(2 * session::ALL_LANES as u32));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(2));
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
     t.receive_window(quinn::VarInt::from_u32(16 << 20));
@@ -200,7 +224,9 @@ impl Dist {
             quinn::Endpoint::server(server, cfg.listen)
                 .map_err(|source| DistError::Bind { addr: cfg.listen, source })?
         };
-        let addrs = cfg.peers.iter().map(|(n, a)| (Arc::<str>::from(n.as_str()), *a)).collect();
+        let addrs: FxHashMap<Arc<str>, SocketAddr> =
+            cfg.peers.iter().map(|(n, a)| (Arc::<str>::from(n.as_str()), *a)).collect();
+        let addr_names = addrs.iter().map(|(n, a)| (*a, Arc::clone(n))).collect();
         let dist = Arc::new(Dist {
             node: Arc::downgrade(node),
             local: Arc::clone(&local),
@@ -212,6 +238,8 @@ impl Dist {
             lane_capacity: cfg.lane_capacity.max(1),
             connect_timeout: cfg.connect_timeout,
             addrs: Mutex::new(addrs),
+            addr_names: Mutex::new(addr_names),
+            control: RwLock::new(FxHashMap::default()),
             state: Mutex::new(State { arbiter: Arbiter::new(local, cfg.backoff), sessions: FxHashMap::default() }),
             by_node: RwLock::new(FxHashMap::default()),
             stats: Arc::new(Stats::default()),
@@ -232,7 +260,57 @@ impl Dist {
     }
 
     pub(crate) fn add_peer(&self, name: &str, addr: SocketAddr) {
-        self.addrs.lock().insert(Arc::from(name), addr);
+        let name: Arc<str> = Arc::from(name);
+        if let Some(old) = self.addrs.lock().insert(Arc::clone(&name), addr) {
+            if old != addr {
+                self.addr_names.lock().remove(&old);
+            }
+        }
+        self.addr_names.lock().insert(addr, name);
+    }
+
+    /// Installs the handler of control frames with `tag` (replacing any).
+    pub(crate) fn set_control_handler(&self, tag: u8, handler: Arc<dyn ControlHandler>) {
+        self.control.write().insert(tag, handler);
+    }
+
+    /// A control frame from a peer: to its handler, or counted as ignored.
+    pub(crate) fn on_control(&self, from: NodeId, addr: SocketAddr, tag: u8, body: &[u8]) {
+        let h = self.control.read().get(&tag).cloned();
+        match h {
+            Some(h) => h.on_control(from, addr, body),
+            None => {
+                self.stats.control_ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %from, tag, "control frame not handled by this node");
+            }
+        }
+    }
+
+    /// Sends a control frame to the node `name` (dialing it if needed). At most once, like a
+    /// datagram: a frame queued on a connection that then fails is lost.
+    pub(crate) fn send_control(self: &Arc<Self>, name: &str, tag: u8, body: &[u8]) -> Result<(), ControlError> {
+        match self.route_name(name).via() {
+            Some(s) => s.control(tag, body).map_err(|e| match e {
+                Enqueue::Full => ControlError::Full(name.to_owned()),
+                Enqueue::Dead | Enqueue::Encode(_) => ControlError::Unreachable(name.to_owned()),
+            }),
+            None => Err(ControlError::Unreachable(name.to_owned())),
+        }
+    }
+
+    /// Sends a control frame to the node at `addr` (a configured peer address, or the address
+    /// a connected peer comes from).
+    pub(crate) fn send_control_to(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        tag: u8,
+        body: &[u8],
+    ) -> Result<(), ControlError> {
+        let name = self.addr_names.lock().get(&addr).cloned();
+        match name {
+            Some(n) => self.send_control(&n, tag, body),
+            None => Err(ControlError::Unknown(addr.to_string())),
+        }
     }
 
     pub(crate) fn stats(&self) -> DistStats {
@@ -487,6 +565,7 @@ impl Dist {
         };
         let _ = session.remote.set(remote);
         let _ = session.conn.set(conn.clone());
+        self.addr_names.lock().entry(conn.remote_address()).or_insert_with(|| Arc::clone(&session.peer));
         if let Some(expected) = session.expected.filter(|e| *e != hello.creation) {
             // What was queued was for another incarnation: its processes are gone.
             session.discard_queued();
@@ -502,7 +581,7 @@ impl Dist {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = %remote, "connected");
         let Some(node) = self.node.upgrade() else { return };
-        for lane in 0..session::LANES {
+        for lane in 0..session::ALL_LANES {
             node.rt.spawn(Arc::clone(&session).writer(lane, conn.clone()));
         }
         let (d, s, c) = (Arc::clone(self), Arc::clone(&session), conn.clone());
@@ -843,6 +922,31 @@ impl Dist {
     }
 
     /// Cuts the connection to `name` (as a network failure would): for tests and operators.
+    /// The cluster's name.
+    pub(crate) fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Membership says the incarnation `creation` of `name` is gone: close the connection to
+    /// it, if that is the one connected (its session's end then delivers `noconnection`). A
+    /// connection to a newer incarnation is left alone.
+    pub(crate) fn node_down(&self, name: &str, creation: u64) -> bool {
+        let s = self.state.lock().sessions.get(name).cloned();
+        let Some(s) = s else { return false };
+        let current = match s.remote.get() {
+            Some(r) => r.creation() == creation,
+            None => s.expected.is_none_or(|e| e == creation),
+        };
+        if !current {
+            return false;
+        }
+        if let Some(c) = s.conn.get() {
+            c.close(close::SHUTDOWN.into(), b"declared down by membership");
+        }
+        self.lost(&s);
+        true
+    }
+
     pub(crate) fn disconnect(&self, name: &str) -> bool {
         let s = self.state.lock().sessions.get(name).cloned();
         match s.and_then(|s| s.conn.get().cloned()) {

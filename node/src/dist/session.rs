@@ -36,8 +36,15 @@ use tokio::sync::{oneshot, Notify};
 use super::arbiter::ConnId;
 use super::stats::Stats;
 
-/// Lanes per session.
+/// Lanes per session for process traffic.
 pub(crate) const LANES: usize = 4;
+
+/// The lane of control traffic (gossip, later Raft): its own stream, so that membership
+/// heartbeats never wait behind bulk messages (no false "down" on a busy link).
+pub(crate) const CONTROL_LANE: usize = LANES;
+
+/// Lanes per session in all: process lanes plus the control lane.
+pub(crate) const ALL_LANES: usize = LANES + 1;
 
 /// How far past its capacity a lane accepts signals (see the module docs).
 pub(crate) const SIGNAL_SLACK: usize = 4;
@@ -115,7 +122,7 @@ pub(crate) struct Session {
     pub remote: OnceLock<NodeId>,
     /// The connection, once up.
     pub conn: OnceLock<quinn::Connection>,
-    lanes: [Lane; LANES],
+    lanes: [Lane; ALL_LANES],
     lane_capacity: usize,
     pub limits: Limits,
     pending: Mutex<FxHashMap<u64, ReplyTx>>,
@@ -142,7 +149,7 @@ impl Session {
             expected,
             remote: OnceLock::new(),
             conn: OnceLock::new(),
-            lanes: [Lane::new(), Lane::new(), Lane::new(), Lane::new()],
+            lanes: std::array::from_fn(|_| Lane::new()),
             lane_capacity,
             limits,
             pending: Mutex::new(FxHashMap::default()),
@@ -170,7 +177,7 @@ impl Session {
         signal: bool,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
     ) -> Result<(), Enqueue> {
-        let l = &self.lanes[lane % LANES];
+        let l = &self.lanes[lane % ALL_LANES];
         let mut b = l.buf.lock();
         if self.is_dead() {
             return Err(Enqueue::Dead);
@@ -205,7 +212,7 @@ impl Session {
     /// # Cancel safety
     /// Cancel safe: it only waits.
     pub(crate) async fn wait_room(&self, lane: usize) {
-        let l = &self.lanes[lane % LANES];
+        let l = &self.lanes[lane % ALL_LANES];
         loop {
             let notified = l.room.notified();
             {
@@ -350,6 +357,14 @@ impl Session {
         let limits = self.limits;
         let head = Head::Send { to, from: f, corr };
         self.enqueue(lane_of(f.unwrap_or(0), to), false, |b| codec::encode_frame_with(b, &head, msg, &limits))
+    }
+
+    /// Queues a control frame (tag `0x20..=0x7F`) with `body` on the control lane. Like a
+    /// datagram: when the lane is far past its capacity the frame is dropped and counted.
+    pub(crate) fn control(&self, tag: u8, body: &[u8]) -> Result<(), Enqueue> {
+        let limits = self.limits;
+        let head = Head::Control { tag };
+        self.enqueue(CONTROL_LANE, true, |b| codec::encode_frame_raw(b, &head, body, &limits))
     }
 
     /// The reason every effect of this session's end carries.
