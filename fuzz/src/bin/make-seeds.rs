@@ -98,7 +98,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let dirs = ["frame_reader", "decode_frame", "handshake"].map(|t| {
+    let dirs = ["frame_reader", "decode_frame", "handshake", "gossip"].map(|t| {
         let d = root.join(t);
         fs::create_dir_all(&d).expect("create corpus dir");
         // Only our own seeds are replaced; what the fuzzer found stays.
@@ -109,7 +109,7 @@ fn main() {
         }
         d
     });
-    let [reader_dir, frame_dir, hs_dir] = &dirs;
+    let [reader_dir, frame_dir, hs_dir, gossip_dir] = &dirs;
 
     // decode_frame: one frame of each kind (without its length prefix), plus payload variety.
     let mut stream = Vec::new();
@@ -166,6 +166,21 @@ fn main() {
     let mut p = Vec::new();
     encode_payload(&mut p, &messages()[3].1).unwrap();
     write(frame_dir, "bare_payload_tool", &p);
+
+    // gossip: every message kind chitchat has (digests and deltas empty: their contents are
+    // private to chitchat; the fuzzer grows them).
+    use chitchat::{ChitchatMessage, Serializable};
+    let gossip = [
+        ("syn", ChitchatMessage::Syn { cluster_id: "soma".into(), digest: Default::default() }),
+        ("synack", ChitchatMessage::SynAck { digest: Default::default(), delta: Default::default() }),
+        ("ack", ChitchatMessage::Ack { delta: Default::default() }),
+        ("bad_cluster", ChitchatMessage::BadCluster),
+    ];
+    for (name, m) in gossip {
+        let mut b = Vec::new();
+        m.serialize(&mut b);
+        write(gossip_dir, name, &b);
+    }
 
     for d in &dirs {
         let (n, bytes) = fs::read_dir(d)
