@@ -295,4 +295,8 @@ pub mod tag {
     pub const CONTROL_LAST: u8 = 0x7F;
     /// Control: a gossip message (membership), body = a chitchat message.
     pub const GOSSIP: u8 = 0x20;
+    /// Control: a remote spawn request, body = [`SpawnRequest`](crate::control::SpawnRequest).
+    pub const SPAWN: u8 = 0x21;
+    /// Control: a remote spawn reply, body = [`SpawnReply`](crate::control::SpawnReply).
+    pub const SPAWN_REPLY: u8 = 0x22;
 }

@@ -22,9 +22,11 @@
 //!   exit and down, and tags reserved for later control traffic; with the codec's [`frame::Limits`].
 //! * [`codec`] — frames to bytes and back (bincode 2, only here), with clear errors for
 //!   malformed, truncated, oversized or unknown frames.
+//! * [`control`] — bodies of control frames: remote spawn requests and replies.
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod control;
 mod exit;
 pub mod frame;
 pub mod handshake;

@@ -49,7 +49,7 @@ pub mod process;
 pub mod supervision;
 pub mod tls;
 
-pub use cluster_proto::{CorrelationId, ExitReason, MonitorRef, NodeId, Pid};
+pub use cluster_proto::{control, CorrelationId, ExitReason, MonitorRef, NodeId, Pid};
 pub use dist::{DistConfig, DistStats, PidRef};
 pub use process::behaviour::{Behaviour, Down, Error, Message};
 pub use process::context::Context;

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use cluster_proto::{CorrelationId, NodeId, Pid};
 
+use cluster_proto::control::SpawnArgs;
+use serde::de::DeserializeOwned;
+
+use super::spawn::{RegisterError, RemoteSpawnError, RemoteSpawnOpts};
 use super::{Dist, DistConfig, DistError, DistStats};
 use crate::process::behaviour::{Behaviour, Message};
 use crate::process::node::{call_cell, CallError, Node, NodeConfig, NodeError, SendError};
@@ -180,6 +184,75 @@ impl Node {
             Some(d) => d.call(Err((node, name)), None, None, &req, timeout).await,
             None => Err(CallError::NoConnection),
         }
+    }
+}
+
+/// Spawning by name, here or on other nodes (see [`spawn`](super::spawn)).
+impl Node {
+    /// Registers behaviour `B` under its [`Behaviour::name`], so that it can be spawned by
+    /// name — from other nodes, the CLI or the admin API.
+    pub fn register_behaviour<B: Behaviour>(&self) -> Result<(), RegisterError>
+    where
+        B::Args: DeserializeOwned,
+    {
+        self.register_behaviour_as::<B>(B::name())
+    }
+
+    /// Registers behaviour `B` under `name`.
+    pub fn register_behaviour_as<B: Behaviour>(&self, name: &str) -> Result<(), RegisterError>
+    where
+        B::Args: DeserializeOwned,
+    {
+        self.dist().ok_or(RegisterError::NotDistributed)?.spawns.register::<B>(name)
+    }
+
+    /// The behaviours registered on this node, sorted.
+    pub fn behaviours(&self) -> Vec<String> {
+        self.dist().map(|d| d.spawns.names()).unwrap_or_default()
+    }
+
+    /// Spawns `B` (registered there under [`Behaviour::name`]) on the node `node` (this node's
+    /// own name spawns here) and returns its PID.
+    pub async fn spawn_on<B: Behaviour>(
+        &self,
+        node: &str,
+        args: &B::Args,
+        opts: RemoteSpawnOpts,
+    ) -> Result<Pid, RemoteSpawnError>
+    where
+        B::Args: serde::Serialize,
+    {
+        let mut b = Vec::new();
+        cluster_proto::codec::encode_payload(&mut b, args).map_err(|e| RemoteSpawnError::BadRequest(e.to_string()))?;
+        self.spawn_by_name(node, B::name(), SpawnArgs::Bincode(b), opts).await
+    }
+
+    /// Spawns the behaviour registered as `behaviour` on `node`, with arguments as JSON text.
+    pub async fn spawn_on_json(
+        &self,
+        node: &str,
+        behaviour: &str,
+        args_json: &str,
+        opts: RemoteSpawnOpts,
+    ) -> Result<Pid, RemoteSpawnError> {
+        self.spawn_by_name(node, behaviour, SpawnArgs::Json(args_json.to_owned()), opts).await
+    }
+
+    async fn spawn_by_name(
+        &self,
+        node: &str,
+        behaviour: &str,
+        args: SpawnArgs,
+        opts: RemoteSpawnOpts,
+    ) -> Result<Pid, RemoteSpawnError> {
+        let d = self.dist().ok_or(RemoteSpawnError::NotDistributed)?;
+        if *self.id().name() == *node {
+            return Ok(d.spawns.spawn_here(self.shared(), behaviour, &args, opts.label, opts.link)?);
+        }
+        if let Some(l) = opts.link.filter(|l| l.node() != self.id()) {
+            return Err(RemoteSpawnError::BadRequest(format!("link target {l} is not a process of this node")));
+        }
+        d.spawn_remote(node, behaviour, args, &opts).await
     }
 }
 

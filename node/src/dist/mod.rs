@@ -18,6 +18,7 @@ mod api;
 pub(crate) mod arbiter;
 pub(crate) mod inbound;
 pub(crate) mod session;
+pub mod spawn;
 mod stats;
 
 use std::net::SocketAddr;
@@ -181,6 +182,7 @@ pub(crate) struct Dist {
     /// The reverse of `addrs`, plus the addresses connected peers come from.
     addr_names: Mutex<FxHashMap<SocketAddr, Arc<str>>>,
     control: RwLock<FxHashMap<u8, Arc<dyn ControlHandler>>>,
+    pub(crate) spawns: spawn::Spawns,
     state: Mutex<State>,
     by_node: RwLock<FxHashMap<NodeId, Arc<Session>>>,
     stats: Arc<Stats>,
@@ -240,6 +242,7 @@ impl Dist {
             addrs: Mutex::new(addrs),
             addr_names: Mutex::new(addr_names),
             control: RwLock::new(FxHashMap::default()),
+            spawns: spawn::Spawns::default(),
             state: Mutex::new(State { arbiter: Arbiter::new(local, cfg.backoff), sessions: FxHashMap::default() }),
             by_node: RwLock::new(FxHashMap::default()),
             stats: Arc::new(Stats::default()),
@@ -275,7 +278,12 @@ impl Dist {
     }
 
     /// A control frame from a peer: to its handler, or counted as ignored.
-    pub(crate) fn on_control(&self, from: NodeId, addr: SocketAddr, tag: u8, body: &[u8]) {
+    pub(crate) fn on_control(self: &Arc<Self>, from: NodeId, addr: SocketAddr, tag: u8, body: &[u8]) {
+        match tag {
+            cluster_proto::frame::tag::SPAWN => return self.serve_spawn(from, body),
+            cluster_proto::frame::tag::SPAWN_REPLY => return self.complete_spawn(from, body),
+            _ => {}
+        }
         let h = self.control.read().get(&tag).cloned();
         match h {
             Some(h) => h.on_control(from, addr, body),
@@ -614,6 +622,7 @@ impl Dist {
     }
 
     fn end_session(&self, session: &Arc<Session>) {
+        self.spawns.peer_lost(&session.peer);
         if let Some(remote) = session.remote.get() {
             let mut by = self.by_node.write();
             if by.get(remote).is_some_and(|s| Arc::ptr_eq(s, session)) {
@@ -922,6 +931,11 @@ impl Dist {
     }
 
     /// Cuts the connection to `name` (as a network failure would): for tests and operators.
+    /// The live session to the incarnation `node`.
+    pub(crate) fn session_of(&self, node: NodeId) -> Option<Arc<Session>> {
+        self.by_node.read().get(&node).cloned()
+    }
+
     /// The cluster's name.
     pub(crate) fn cluster(&self) -> &str {
         &self.cluster

@@ -25,6 +25,7 @@
 //! down after roughly 0.5 s on loopback. The detector's prior is one gossip interval (not
 //! chitchat's default 5 s), so detection is fast from the first seconds of a node's life.
 
+pub mod placement;
 pub(crate) mod transport;
 pub mod view;
 
@@ -39,6 +40,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+pub use placement::{place, Constraint, NoMatch};
 pub use view::{DownReason, Load, Member, MemberEvent, Role, View};
 
 use crate::dist::Dist;
@@ -143,6 +145,17 @@ pub enum MembershipError {
     /// chitchat did not start.
     #[error("gossip did not start: {0}")]
     Gossip(String),
+}
+
+/// Why a placed spawn failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacedSpawnError {
+    /// No member fits the constraint.
+    #[error(transparent)]
+    NoMatch(#[from] NoMatch),
+    /// The chosen member did not spawn it.
+    #[error(transparent)]
+    Spawn(#[from] crate::dist::spawn::RemoteSpawnError),
 }
 
 /// Counters of membership and its gossip transport.
@@ -286,6 +299,39 @@ impl Membership {
     /// Member events from now on (see [`EVENT_BUFFER`]).
     pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Spawns `B` on the member that best fits `constraint` (see [`place`]); returns its PID.
+    /// `NoMatch` (as [`PlacedSpawnError::NoMatch`]) when no member fits right now.
+    pub async fn spawn<B: crate::Behaviour>(
+        &self,
+        constraint: &Constraint,
+        args: &B::Args,
+        opts: crate::dist::spawn::RemoteSpawnOpts,
+    ) -> Result<crate::Pid, PlacedSpawnError>
+    where
+        B::Args: Serialize,
+    {
+        let target = self.place(constraint)?;
+        Ok(self.inner.node.spawn_on::<B>(&target, args, opts).await?)
+    }
+
+    /// Spawns the behaviour registered as `behaviour` (JSON arguments) where `constraint` fits.
+    pub async fn spawn_json(
+        &self,
+        constraint: &Constraint,
+        behaviour: &str,
+        args_json: &str,
+        opts: crate::dist::spawn::RemoteSpawnOpts,
+    ) -> Result<crate::Pid, PlacedSpawnError> {
+        let target = self.place(constraint)?;
+        Ok(self.inner.node.spawn_on_json(&target, behaviour, args_json, opts).await?)
+    }
+
+    /// The name of the member `constraint` picks now.
+    pub fn place(&self, constraint: &Constraint) -> Result<String, NoMatch> {
+        let v = self.inner.view.read();
+        place(v.members(), constraint).map(|m| m.name.clone())
     }
 
     /// Counters.

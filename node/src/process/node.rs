@@ -848,7 +848,13 @@ impl NodeShared {
         let mut mref = None;
         if let Some(parent) = parent {
             if link {
-                self.link(parent, pid);
+                // `link(a, b)` needs `a` local: a remote parent (a remote spawn's requester) is
+                // linked from the child's side, which tells the parent's node.
+                if self.is_remote(parent) {
+                    self.link(pid, parent);
+                } else {
+                    self.link(parent, pid);
+                }
             }
             if monitor {
                 mref = Some(self.monitor(parent, pid));

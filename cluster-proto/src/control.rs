@@ -1,0 +1,104 @@
+//! Bodies of control frames other than gossip (whose body is chitchat's): remote spawn.
+//!
+//! A node asks a peer to spawn a registered behaviour with [`SpawnRequest`] (tag
+//! [`tag::SPAWN`](crate::frame::tag::SPAWN)) and gets a [`SpawnReply`] (tag
+//! [`tag::SPAWN_REPLY`](crate::frame::tag::SPAWN_REPLY)) with the same `id`. Both are encoded with
+//! [`codec::encode_payload`](crate::codec::encode_payload) and decoded with
+//! [`codec::decode_payload`](crate::codec::decode_payload) (so through the decode guard).
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ExitReason;
+
+/// Longest registered behaviour name.
+pub const MAX_BEHAVIOUR_NAME: usize = 255;
+
+/// Longest label given to a remotely spawned process.
+pub const MAX_LABEL: usize = 1024;
+
+/// How the spawn arguments are encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpawnArgs {
+    /// bincode of the behaviour's `Args` (from typed Rust code).
+    Bincode(Vec<u8>),
+    /// JSON text of the behaviour's `Args` (from the CLI or the admin API).
+    Json(String),
+}
+
+/// Spawn a registered behaviour on the receiving node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Chosen by the requester; echoed in the reply.
+    pub id: u64,
+    /// The behaviour's registered name.
+    pub behaviour: String,
+    /// Its `init` arguments.
+    pub args: SpawnArgs,
+    /// A label for the new process.
+    pub label: Option<String>,
+    /// Link the new process, before its `init` runs, to this process of the requester's node
+    /// (its serial).
+    pub link: Option<u64>,
+}
+
+/// Why a remote spawn failed (on the remote node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SpawnRefused {
+    /// No behaviour of that name is registered there.
+    #[error("no behaviour {0:?} is registered on that node")]
+    UnknownBehaviour(String),
+    /// The arguments do not decode into the behaviour's `Args`.
+    #[error("bad arguments for {behaviour}: {error}")]
+    BadArgs {
+        /// The behaviour.
+        behaviour: String,
+        /// The decoder's complaint.
+        error: String,
+    },
+    /// The process exited during `init`.
+    #[error("init failed: {0}")]
+    Init(ExitReason),
+    /// The node cannot spawn (shutting down, too many spawns in progress, a bad label ...).
+    #[error("spawn refused: {0}")]
+    Refused(String),
+}
+
+/// The answer to a [`SpawnRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnReply {
+    /// The request's `id`.
+    pub id: u64,
+    /// The new process's serial on the replying node, or why there is none.
+    pub result: Result<u64, SpawnRefused>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_payload, encode_payload};
+
+    #[test]
+    fn spawn_messages_round_trip_and_garbage_is_an_error() {
+        let req = SpawnRequest {
+            id: 7,
+            behaviour: "worker".into(),
+            args: SpawnArgs::Json("{\"model\":\"x\"}".into()),
+            label: Some("w-1".into()),
+            link: Some(3),
+        };
+        let mut b = Vec::new();
+        encode_payload(&mut b, &req).unwrap();
+        assert_eq!(decode_payload::<SpawnRequest>(&b), Ok(req));
+        for result in [
+            Ok(12),
+            Err(SpawnRefused::Init(ExitReason::crashed("no key"))),
+            Err(SpawnRefused::UnknownBehaviour("x".into())),
+        ] {
+            let rep = SpawnReply { id: 1, result };
+            b.clear();
+            encode_payload(&mut b, &rep).unwrap();
+            assert_eq!(decode_payload::<SpawnReply>(&b), Ok(rep));
+        }
+        assert!(decode_payload::<SpawnRequest>(&[0xFF, 0xFF, 0xFF]).is_err());
+    }
+}
