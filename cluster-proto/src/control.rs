@@ -1,4 +1,5 @@
-//! Bodies of control frames other than gossip (whose body is chitchat's): remote spawn.
+//! Bodies of control frames other than gossip (whose body is chitchat's): remote spawn and
+//! process-group replication.
 //!
 //! A node asks a peer to spawn a registered behaviour with [`SpawnRequest`] (tag
 //! [`tag::SPAWN`](crate::frame::tag::SPAWN)) and gets a [`SpawnReply`] (tag
@@ -70,6 +71,30 @@ pub struct SpawnReply {
     pub id: u64,
     /// The new process's serial on the replying node, or why there is none.
     pub result: Result<u64, SpawnRefused>,
+}
+
+/// Longest process group name.
+pub const MAX_GROUP_NAME: usize = 255;
+
+/// Most member serials in one [`PgMessage`] (larger syncs are split).
+pub const MAX_PG_BATCH: usize = 16_384;
+
+/// Process-group replication between nodes (tag [`tag::PG`](crate::frame::tag::PG)). Members
+/// are serials of the sending node's current incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PgMessage {
+    /// The sender's whole local membership (first of a series when `more`): replaces what the
+    /// receiver knew about the sender once the last part (`more == false`) arrives.
+    Sync {
+        /// Groups and their local members.
+        groups: Vec<(String, Vec<u64>)>,
+        /// More parts follow.
+        more: bool,
+    },
+    /// Processes joined a group.
+    Join(String, Vec<u64>),
+    /// Processes left a group.
+    Leave(String, Vec<u64>),
 }
 
 #[cfg(test)]

@@ -299,4 +299,6 @@ pub mod tag {
     pub const SPAWN: u8 = 0x21;
     /// Control: a remote spawn reply, body = [`SpawnReply`](crate::control::SpawnReply).
     pub const SPAWN_REPLY: u8 = 0x22;
+    /// Control: process-group replication, body = [`PgMessage`](crate::control::PgMessage).
+    pub const PG: u8 = 0x23;
 }

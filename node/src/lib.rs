@@ -45,6 +45,7 @@
 pub mod bench;
 pub mod dist;
 pub mod membership;
+pub mod pg;
 pub mod process;
 pub mod supervision;
 pub mod tls;

@@ -282,6 +282,14 @@ impl Dist {
         match tag {
             cluster_proto::frame::tag::SPAWN => return self.serve_spawn(from, body),
             cluster_proto::frame::tag::SPAWN_REPLY => return self.complete_spawn(from, body),
+            cluster_proto::frame::tag::PG => {
+                let Some(node) = self.node.upgrade() else { return };
+                if let Err(e) = node.pg.on_message(from, body) {
+                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %from, error = %e, "dropped a bad process-group message");
+                }
+                return;
+            }
             _ => {}
         }
         let h = self.control.read().get(&tag).cloned();
@@ -592,6 +600,7 @@ impl Dist {
         for lane in 0..session::ALL_LANES {
             node.rt.spawn(Arc::clone(&session).writer(lane, conn.clone()));
         }
+        node.pg.peer_up(self, remote);
         let (d, s, c) = (Arc::clone(self), Arc::clone(&session), conn.clone());
         let n = Arc::clone(&node);
         node.rt.spawn(async move {
@@ -627,6 +636,13 @@ impl Dist {
             let mut by = self.by_node.write();
             if by.get(remote).is_some_and(|s| Arc::ptr_eq(s, session)) {
                 by.remove(remote);
+            }
+            // Its members leave, unless another connection to the same incarnation took over.
+            if !by.contains_key(remote) {
+                drop(by);
+                if let Some(node) = self.node.upgrade() {
+                    node.pg.peer_down(*remote);
+                }
             }
         }
         if let Some(conn) = session.conn.get() {
@@ -931,6 +947,14 @@ impl Dist {
     }
 
     /// Cuts the connection to `name` (as a network failure would): for tests and operators.
+    /// Queues a control frame to every connected peer (dropped where the lane is full).
+    pub(crate) fn broadcast_control(&self, tag: u8, body: &[u8]) {
+        let sessions: Vec<Arc<Session>> = self.by_node.read().values().cloned().collect();
+        for s in sessions {
+            let _ = s.control(tag, body);
+        }
+    }
+
     /// The live session to the incarnation `node`.
     pub(crate) fn session_of(&self, node: NodeId) -> Option<Arc<Session>> {
         self.by_node.read().get(&node).cloned()

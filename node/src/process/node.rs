@@ -219,6 +219,8 @@ pub(crate) struct NodeShared {
     dropped: AtomicU64,
     /// The distribution layer, once started (see [`Node::start_distributed`]).
     pub(crate) dist: std::sync::OnceLock<Arc<crate::dist::Dist>>,
+    /// Process groups.
+    pub(crate) pg: crate::pg::Pg,
 }
 
 /// A soma node's process runtime. Cheap to clone.
@@ -368,6 +370,7 @@ impl Node {
                 shutting_down: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
                 dist: std::sync::OnceLock::new(),
+                pg: crate::pg::Pg::default(),
             }),
         })
     }
