@@ -115,6 +115,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         calls: u64,
     },
+    /// Failure detection: in-process nodes with gossip membership under load; stops one victim's
+    /// heartbeat per round and times until every peer declares it down; counts false downs.
+    Detect {
+        /// Stable nodes (they carry the load and watch the victims).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=16))]
+        nodes: u64,
+        /// Rounds (one victim node each).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=32))]
+        rounds: u64,
+        /// Seconds of load before the first round.
+        #[arg(long = "load-secs", default_value_t = 10)]
+        load_secs: u64,
+    },
 }
 
 /// Prints one benchmark figure as a JSON line.
@@ -167,6 +180,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { which: BenchCmd::Remote { send, send_1k, calls } } => {
             let sizes = soma::bench::RemoteBenchSizes { send, send_1k, calls };
             run_bench(|| async move { Ok(soma::bench::run_remote(sizes, print_result).await.map(|_| ())?) })?;
+        }
+        Command::Bench { which: BenchCmd::Detect { nodes, rounds, load_secs } } => {
+            let sizes =
+                soma::bench::detect::DetectBenchSizes { nodes: nodes as usize, rounds: rounds as usize, load_secs };
+            run_bench(|| async move { Ok(soma::bench::detect::run_detect(sizes, print_result).await.map(|_| ())?) })?;
         }
         Command::Cert { which: CertCmd::Ca { out, cluster, days, force } } => {
             let files = soma::tls::write_ca(&out, &cluster, soma::tls::Validity::days_from_now(days), force)?;

@@ -7,9 +7,12 @@
 //!   traced send).
 //! * [`remote`] — `soma bench remote`: two distributed nodes in one OS process talking over real
 //!   QUIC with mutual TLS on 127.0.0.1 (one-way send, 1 KiB send, call latency and rate).
+//! * [`detect`] — `soma bench detect`: failure detection on a busy cluster of in-process nodes
+//!   with gossip membership (time to declare a silent node down on every peer, false downs).
 
 use serde::Serialize;
 
+pub mod detect;
 pub mod local;
 pub mod remote;
 
