@@ -1,5 +1,5 @@
-//! Bodies of control frames other than gossip (whose body is chitchat's): remote spawn and
-//! process-group replication.
+//! Bodies of control frames other than gossip (whose body is chitchat's): remote spawn,
+//! process-group replication and generic request/response ([`RpcRequest`], [`RpcReply`]).
 //!
 //! A node asks a peer to spawn a registered behaviour with [`SpawnRequest`] (tag
 //! [`tag::SPAWN`](crate::frame::tag::SPAWN)) and gets a [`SpawnReply`] (tag
@@ -97,6 +97,46 @@ pub enum PgMessage {
     Leave(String, Vec<u64>),
 }
 
+/// Largest body of an [`RpcRequest`] or an [`RpcReply`] (the frame limit bounds it too).
+pub const MAX_RPC_BODY: usize = 4 << 20;
+
+/// A request to a service of the receiving node (tag [`tag::RPC`](crate::frame::tag::RPC)):
+/// the generic request/response of control traffic (the admin API's routing, later Raft). The
+/// answer is an [`RpcReply`] (tag [`tag::RPC_REPLY`](crate::frame::tag::RPC_REPLY)) with the same
+/// `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcRequest {
+    /// Chosen by the requester; echoed in the reply.
+    pub id: u64,
+    /// Which service of the receiving node (see the node's service numbers).
+    pub service: u16,
+    /// The service's own encoding of the request.
+    pub body: Vec<u8>,
+}
+
+/// Why a node did not answer an [`RpcRequest`] with its service's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcRefused {
+    /// The node has no such service.
+    #[error("no service {0} on that node")]
+    UnknownService(u16),
+    /// Too many requests are being served there.
+    #[error("the node is busy ({0} requests in progress)")]
+    Busy(u32),
+    /// The service failed to produce an answer.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The answer to an [`RpcRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcReply {
+    /// The request's `id`.
+    pub id: u64,
+    /// The service's encoded answer, or why there is none.
+    pub result: Result<Vec<u8>, RpcRefused>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +165,19 @@ mod tests {
             assert_eq!(decode_payload::<SpawnReply>(&b), Ok(rep));
         }
         assert!(decode_payload::<SpawnRequest>(&[0xFF, 0xFF, 0xFF]).is_err());
+    }
+
+    #[test]
+    fn rpc_messages_round_trip() {
+        let req = RpcRequest { id: 9, service: 1, body: vec![1, 2, 3] };
+        let mut b = Vec::new();
+        encode_payload(&mut b, &req).unwrap();
+        assert_eq!(decode_payload::<RpcRequest>(&b), Ok(req));
+        for result in [Ok(vec![7u8; 10]), Err(RpcRefused::UnknownService(4)), Err(RpcRefused::Failed("x".into()))] {
+            let rep = RpcReply { id: 2, result };
+            b.clear();
+            encode_payload(&mut b, &rep).unwrap();
+            assert_eq!(decode_payload::<RpcReply>(&b), Ok(rep));
+        }
     }
 }

@@ -301,4 +301,8 @@ pub mod tag {
     pub const SPAWN_REPLY: u8 = 0x22;
     /// Control: process-group replication, body = [`PgMessage`](crate::control::PgMessage).
     pub const PG: u8 = 0x23;
+    /// Control: a request to a service of the receiving node (`control::RpcRequest`).
+    pub const RPC: u8 = 0x24;
+    /// Control: the answer to an `RPC` request (`control::RpcReply`).
+    pub const RPC_REPLY: u8 = 0x25;
 }

@@ -33,4 +33,4 @@ pub mod handshake;
 mod pid;
 
 pub use exit::{CorrelationId, ExitReason, MonitorRef};
-pub use pid::{NodeId, NodeNameError, Pid, PidParseError};
+pub use pid::{NodeId, NodeNameError, Pid, PidParseError, PidParts};

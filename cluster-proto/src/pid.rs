@@ -187,9 +187,42 @@ pub enum PidParseError {
     Node(#[from] NodeNameError),
 }
 
-impl FromStr for Pid {
+/// A PID's text split into its parts **without interning** the node name: for input from
+/// users (the admin API, the CLI), where a stream of made-up node names must not fill the
+/// interner (G8). [`PidParts::to_pid`] interns, once the node is known to exist.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PidParts {
+    /// The node name (valid per [`NodeId::validate_name`]).
+    pub node: String,
+    /// The node incarnation.
+    pub creation: u64,
+    /// The serial on that incarnation.
+    pub serial: u64,
+}
+
+impl PidParts {
+    /// The PID (interning the node name).
+    pub fn to_pid(&self) -> Result<Pid, NodeNameError> {
+        Ok(Pid { node: NodeId::intern(&self.node, self.creation)?, serial: self.serial })
+    }
+}
+
+impl fmt::Display for PidParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}.{}.{}>", self.node, self.creation, self.serial)
+    }
+}
+
+impl From<Pid> for PidParts {
+    fn from(p: Pid) -> PidParts {
+        PidParts { node: p.node().name().to_string(), creation: p.node().creation(), serial: p.serial() }
+    }
+}
+
+impl FromStr for PidParts {
     type Err = PidParseError;
 
+    /// `<name.creation.serial>`, brackets optional.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // name (64) + two u64 (20 each) + 2 dots + 2 brackets
         const MAX: usize = NodeId::MAX_NAME_LEN + 20 + 20 + 4;
@@ -210,8 +243,16 @@ impl FromStr for Pid {
         }
         let serial: u64 = serial.parse().map_err(|_| malformed())?;
         let creation: u64 = creation.parse().map_err(|_| malformed())?;
-        let node = NodeId::intern(name, creation)?;
-        Ok(Pid { node, serial })
+        NodeId::validate_name(name)?;
+        Ok(PidParts { node: name.to_owned(), creation, serial })
+    }
+}
+
+impl FromStr for Pid {
+    type Err = PidParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(s.parse::<PidParts>()?.to_pid()?)
     }
 }
 
@@ -244,6 +285,19 @@ impl<'de> Deserialize<'de> for Pid {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn pid_parts_parse_without_interning() {
+        let p: PidParts = "<never-interned-node.7.42>".parse().expect("parses");
+        assert_eq!(p, PidParts { node: "never-interned-node".into(), creation: 7, serial: 42 });
+        assert_eq!(p.to_string(), "<never-interned-node.7.42>");
+        assert!(interner().read().by_key.keys().all(|(n, _)| &**n != "never-interned-node"));
+        let pid = p.to_pid().expect("interns");
+        assert_eq!(PidParts::from(pid), p);
+        assert!("<bad name.1.2>".parse::<PidParts>().is_err());
+        assert!("<a.1>".parse::<PidParts>().is_err());
+        assert!("a.1.2>".parse::<PidParts>().is_err());
+    }
 
     #[test]
     fn g1_display_round_trips() {

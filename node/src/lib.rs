@@ -42,7 +42,9 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod bench;
+pub mod demo;
 pub mod dist;
 pub mod membership;
 pub mod pg;
@@ -50,7 +52,7 @@ pub mod process;
 pub mod supervision;
 pub mod tls;
 
-pub use cluster_proto::{control, CorrelationId, ExitReason, MonitorRef, NodeId, Pid};
+pub use cluster_proto::{control, CorrelationId, ExitReason, MonitorRef, NodeId, Pid, PidParts};
 pub use dist::{DistConfig, DistStats, PidRef};
 pub use process::behaviour::{Behaviour, Down, Error, Message};
 pub use process::context::Context;

@@ -4,6 +4,7 @@
 mod cli;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -13,8 +14,10 @@ use clap::{Parser, Subcommand};
     name = "soma",
     version,
     about = "soma: a distributed, observability-first runtime for AI-agent systems",
-    after_help = "Logs go to stderr; RUST_LOG sets their level (e.g. RUST_LOG=debug). Every option of node, send \
-                  and call can also come from the SOMA_* environment variable shown in its help."
+    after_help = "Logs go to stderr; RUST_LOG sets their level (e.g. RUST_LOG=debug). Every option of `soma node` can \
+                  also come from the SOMA_* environment variable shown in its help, or from its --config file. \
+                  The operator commands (nodes, ps, info, ...) talk to a node's admin API: --url (SOMA_ADMIN_URL, \
+                  default http://127.0.0.1:7180) and --token (SOMA_ADMIN_TOKEN, else .soma/admin-token)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,18 +26,123 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a distributed node with a demo agent (`demo.echo`, registered as `echo`) until Ctrl-C
-    /// or SIGTERM; prints the agent's PID on stdout, logs on stderr.
-    Node(cli::node::NodeArgs),
-    /// Send TEXT to the demo agent PID on another node, from a short-lived node of this command's
-    /// own, and exit. Fire-and-forget, as in Erlang: a message to a process that does not exist
-    /// (any more) is silently dropped by the far node; only an unreachable node, or a PID of an
-    /// earlier incarnation of its node, is an error here.
-    Send(cli::client::SendArgs),
-    /// Call the demo agent PID on another node with TEXT, from a short-lived node of this
-    /// command's own; print the reply and exit. A missing process, an unreachable node or no
-    /// reply within --timeout is an error (exit status 1).
-    Call(cli::client::CallArgs),
+    /// Run a node: join the cluster through its seeds, serve the admin API, run the demo agent
+    /// (`demo.echo`, registered as `echo`) until SIGTERM or Ctrl-C, then leave gracefully.
+    /// With no configuration: a single hot node on loopback, data in ./soma-data.
+    Node(Box<cli::config::NodeArgs>),
+    /// List the cluster's nodes: role, providers, status, load.
+    Nodes {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// List processes (every node's, or one node's): PID, label, behaviour, mailbox, status.
+    Ps {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Show a process's info (any node's PID).
+    Info {
+        /// The PID, e.g. '<a.1732512345678.3>' (quote it: < and > are shell redirections) or
+        /// a.1732512345678.3.
+        pid: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Show a process's state snapshot.
+    State {
+        /// The PID.
+        pid: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Show the messages queued in a process's mailbox, without consuming them.
+    Mailbox {
+        /// The PID.
+        pid: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Trace a process live: switch tracing on and print each event until it exits or
+    /// Ctrl-C (then switch it off again).
+    Trace {
+        /// The PID.
+        pid: String,
+        /// Print events as JSON lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Send a JSON message to a process (a bare word is sent as a JSON string).
+    Send {
+        /// The PID.
+        pid: String,
+        /// The message, e.g. '"hello"' or '{"add": 2}'.
+        msg: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Call a process with a JSON request and print its JSON reply.
+    Call {
+        /// The PID.
+        pid: String,
+        /// The request.
+        msg: String,
+        /// How long the process has to reply.
+        #[arg(long, default_value = "5s", value_parser = cli::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Kill a process (reason `killed`).
+    Kill {
+        /// The PID.
+        pid: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// List process groups and their members.
+    Groups {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Spawn a registered behaviour on a node, or where a role/provider constraint fits (least
+    /// loaded first); prints its PID.
+    Spawn {
+        /// The behaviour's registered name, e.g. demo.echo or demo.counter.
+        behaviour: String,
+        /// Its arguments as JSON.
+        #[arg(default_value = "null")]
+        args: String,
+        /// On this node.
+        #[arg(long = "on", value_name = "NODE", conflicts_with_all = ["role", "providers"])]
+        on: Option<String>,
+        /// On a node of this role.
+        #[arg(long)]
+        role: Option<soma::membership::Role>,
+        /// On a node serving this provider (repeatable: earlier ones preferred).
+        #[arg(long = "provider", value_name = "NAME")]
+        providers: Vec<String>,
+        /// A label for the new process.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Show supervision trees (every node's, or one node's).
+    Tree {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
     /// Run a benchmark and print one JSON object per result line.
     Bench {
         #[command(subcommand)]
@@ -47,8 +155,36 @@ enum Command {
     },
 }
 
+/// Output options of the listing commands.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+struct OutArgs {
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: cli::client::ApiArgs,
+}
+
 #[derive(Subcommand, Debug)]
 enum CertCmd {
+    /// Set up a cluster's certificates in one step, idempotently: the CA (kept if DIR has one),
+    /// a certificate for each NODE (kept if it has one), and optionally an admin token file
+    /// (kept if it exists). What docker-compose's one-shot `certs` service runs.
+    Init {
+        /// Directory for ca.pem, ca-key.pem, NODE.pem and NODE-key.pem.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Cluster name, recorded in the CA certificate's subject.
+        #[arg(long, default_value = soma::tls::DEFAULT_CLUSTER)]
+        cluster: String,
+        /// Also write a random admin token to FILE (mode 0600, owned like its directory, so a
+        /// bind-mounted directory's owner can read it).
+        #[arg(long, value_name = "FILE")]
+        token: Option<PathBuf>,
+        /// The nodes to issue certificates for.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Create a cluster CA: writes ca.pem (give it to every node) and ca-key.pem (keep it secret,
     /// off the nodes; it is needed only to issue node certificates).
     Ca {
@@ -150,6 +286,155 @@ where
     rt.block_on(async move { tokio::spawn(driver()).await }).context("bench task panicked")?.context("bench failed")
 }
 
+/// Runs an operator command against the admin API.
+async fn operator(cmd: Command) -> anyhow::Result<()> {
+    use cli::client::{json_arg, pid_path, render_groups, render_nodes, render_ps, render_tree};
+    use hyper::Method;
+    let api_args = match &cmd {
+        Command::Nodes { out }
+        | Command::Ps { out, .. }
+        | Command::Groups { out }
+        | Command::Spawn { out, .. }
+        | Command::Tree { out, .. } => &out.api,
+        Command::Info { api, .. }
+        | Command::State { api, .. }
+        | Command::Mailbox { api, .. }
+        | Command::Trace { api, .. }
+        | Command::Send { api, .. }
+        | Command::Call { api, .. }
+        | Command::Kill { api, .. } => api,
+        Command::Node(_) | Command::Bench { .. } | Command::Cert { .. } => return Ok(()),
+    };
+    let api = cli::client::api(api_args)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    let show = |v: serde_json::Value, json: bool, render: fn(&serde_json::Value) -> String| {
+        println!("{}", if json { pretty(&v) } else { render(&v) });
+    };
+    match cmd {
+        Command::Nodes { out } => show(api.call(Method::GET, "/v1/nodes", None).await?, out.json, render_nodes),
+        Command::Ps { node, out } => {
+            let path = node.map_or_else(|| "/v1/processes".to_owned(), |n| format!("/v1/processes?node={n}"));
+            show(api.call(Method::GET, &path, None).await?, out.json, render_ps);
+        }
+        Command::Info { pid, .. } => {
+            println!("{}", pretty(&api.call(Method::GET, &format!("/v1/processes/{}", pid_path(&pid)?), None).await?))
+        }
+        Command::State { pid, .. } => {
+            let path = format!("/v1/processes/{}/state", pid_path(&pid)?);
+            println!("{}", pretty(&api.call(Method::GET, &path, None).await?));
+        }
+        Command::Mailbox { pid, max, .. } => {
+            let path = format!("/v1/processes/{}/mailbox?max={max}", pid_path(&pid)?);
+            println!("{}", pretty(&api.call(Method::GET, &path, None).await?));
+        }
+        Command::Trace { pid, json, .. } => cli::client::trace(&api, &pid, json).await?,
+        Command::Send { pid, msg, .. } => {
+            let body = serde_json::json!({ "msg": json_arg(&msg)? });
+            api.call(Method::POST, &format!("/v1/processes/{}/send", pid_path(&pid)?), Some(&body)).await?;
+        }
+        Command::Call { pid, msg, timeout, .. } => {
+            let body = serde_json::json!({ "msg": json_arg(&msg)?, "timeout_ms": timeout.as_millis() as u64 });
+            let v = api.call(Method::POST, &format!("/v1/processes/{}/call", pid_path(&pid)?), Some(&body)).await?;
+            println!("{}", pretty(v.get("reply").unwrap_or(&serde_json::Value::Null)));
+        }
+        Command::Kill { pid, .. } => {
+            api.call(Method::POST, &format!("/v1/processes/{}/kill", pid_path(&pid)?), None).await?;
+        }
+        Command::Groups { out } => show(api.call(Method::GET, "/v1/groups", None).await?, out.json, render_groups),
+        Command::Spawn { behaviour, args, on, role, providers, label, out } => {
+            let body = serde_json::json!({
+                "behaviour": behaviour,
+                "args": json_arg(&args)?,
+                "node": on,
+                "role": role,
+                "providers": providers,
+                "label": label,
+            });
+            let v = api.call(Method::POST, "/v1/spawn", Some(&body)).await?;
+            if out.json {
+                println!("{}", pretty(&v));
+            } else {
+                let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("?").to_owned();
+                println!("{} on {}", field("pid"), field("node"));
+            }
+        }
+        Command::Tree { node, out } => {
+            let path = node.map_or_else(|| "/v1/tree".to_owned(), |n| format!("/v1/tree?node={n}"));
+            show(api.call(Method::GET, &path, None).await?, out.json, render_tree);
+        }
+        Command::Node(_) | Command::Bench { .. } | Command::Cert { .. } => {}
+    }
+    Ok(())
+}
+
+/// `soma cert init` (see its help).
+fn cert_init(
+    out: &std::path::Path,
+    cluster: &str,
+    token: Option<&std::path::Path>,
+    nodes: &[String],
+) -> anyhow::Result<()> {
+    use soma::tls::{write_ca, write_node_cert, TlsPaths, Validity};
+    for n in nodes {
+        soma::NodeId::validate_name(n).map_err(|e| anyhow::anyhow!("node {n:?}: {e}"))?;
+    }
+    let ca = out.join("ca.pem");
+    if ca.exists() && out.join("ca-key.pem").exists() {
+        println!("kept {}", ca.display());
+    } else {
+        let f = write_ca(out, cluster, Validity::days_from_now(soma::tls::DEFAULT_CA_DAYS), false)?;
+        println!("wrote {}", f.cert.display());
+    }
+    for n in nodes {
+        let p = TlsPaths::in_dir(out, n);
+        if p.cert.exists() && p.key.exists() {
+            println!("kept {}", p.cert.display());
+            continue;
+        }
+        let p = write_node_cert(out, out, n, &[], Validity::days_from_now(soma::tls::DEFAULT_NODE_DAYS), true)?;
+        println!("wrote {}", p.cert.display());
+    }
+    if let Some(t) = token {
+        if t.exists() {
+            println!("kept {}", t.display());
+        } else {
+            write_token(t)?;
+            println!("wrote {}", t.display());
+        }
+    }
+    Ok(())
+}
+
+/// Writes a fresh random admin token (32 bytes, hex) to `path`: mode 0600, owned by the owner
+/// of its directory.
+fn write_token(path: &std::path::Path) -> anyhow::Result<()> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{hex}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all().with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        // Fails harmlessly when not permitted (a non-root user owns both anyway).
+        let _ = std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()));
+    }
+    Ok(())
+}
+
 /// Runs the command; an error is printed as one line (its causes joined by `: `, no backtrace
 /// even under RUST_BACKTRACE) and the exit status is 1.
 fn main() -> std::process::ExitCode {
@@ -168,9 +453,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         _ => "warn",
     });
     match cli.command {
-        Command::Node(args) => cli::node::run(args)?,
-        Command::Send(args) => cli::client::run_send(args)?,
-        Command::Call(args) => cli::client::run_call(args)?,
+        Command::Node(args) => cli::node::run(*args)?,
+        Command::Nodes { .. }
+        | Command::Ps { .. }
+        | Command::Info { .. }
+        | Command::State { .. }
+        | Command::Mailbox { .. }
+        | Command::Trace { .. }
+        | Command::Send { .. }
+        | Command::Call { .. }
+        | Command::Kill { .. }
+        | Command::Groups { .. }
+        | Command::Spawn { .. }
+        | Command::Tree { .. } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            rt.block_on(operator(cli.command))?;
+        }
         Command::Bench { which: BenchCmd::Local { spawn, send, calls } } => {
             let sizes = soma::bench::LocalBenchSizes { spawn, send, calls };
             run_bench(|| async move {
@@ -185,6 +483,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sizes =
                 soma::bench::detect::DetectBenchSizes { nodes: nodes as usize, rounds: rounds as usize, load_secs };
             run_bench(|| async move { Ok(soma::bench::detect::run_detect(sizes, print_result).await.map(|_| ())?) })?;
+        }
+        Command::Cert { which: CertCmd::Init { out, cluster, token, nodes } } => {
+            cert_init(&out, &cluster, token.as_deref(), &nodes)?;
         }
         Command::Cert { which: CertCmd::Ca { out, cluster, days, force } } => {
             let files = soma::tls::write_ca(&out, &cluster, soma::tls::Validity::days_from_now(days), force)?;
@@ -206,8 +507,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use clap::{CommandFactory, Parser};
 
     use super::*;
@@ -218,48 +517,65 @@ mod tests {
     }
 
     #[test]
-    fn node_defaults_and_flags() {
+    fn node_flags() {
         let Command::Node(a) = Cli::try_parse_from(["soma", "node"]).expect("parses").command else {
             panic!("not node")
         };
-        assert_eq!(a.name, "soma");
-        assert_eq!(a.listen, "127.0.0.1:7100".parse().expect("addr"));
-        assert_eq!(a.cluster, soma::tls::DEFAULT_CLUSTER);
-        assert_eq!(a.certs.certs, PathBuf::from("."));
-        assert!(a.peers.is_empty() && a.creation.is_none());
+        assert_eq!(*a, cli::config::NodeArgs::default(), "nothing set: the file and defaults decide");
 
-        let argv = "soma node --name a --listen 127.0.0.1:7101 --certs certs --key k.pem \
-                    --peer b=127.0.0.1:7102 --peer c=127.0.0.1:7103 --creation 7";
-        let argv = argv.split_whitespace();
-        let Command::Node(a) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not node") };
-        assert_eq!(a.name, "a");
-        assert_eq!(a.certs.paths("a").key, PathBuf::from("k.pem"));
-        assert_eq!(a.certs.paths("a").cert, PathBuf::from("certs/a.pem"));
-        let peers: Vec<&str> = a.peers.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(peers, ["b", "c"]);
+        let argv = "soma node --name cold-1 --role cold --provider openai --provider local --listen 0.0.0.0:7100 \
+                    --advertise cold-1:7100 --seed hot-1:7100 --seed b@127.0.0.1:7102 --certs /certs \
+                    --admin 0.0.0.0:7180 --admin-token-file /run/token --creation 7 --gossip-interval 250ms";
+        let Command::Node(a) = Cli::try_parse_from(argv.split_whitespace()).expect("parses").command else {
+            panic!("not node")
+        };
+        assert_eq!(a.name.as_deref(), Some("cold-1"));
+        assert_eq!(a.role, Some(soma::membership::Role::Cold));
+        assert_eq!(a.providers, ["openai", "local"]);
+        assert_eq!(a.seeds.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["hot-1", "b"]);
         assert_eq!(a.creation, Some(7));
+        assert_eq!(a.gossip_interval, Some(Duration::from_millis(250)));
+        let s = cli::config::resolve(&a, &cli::config::FileConfig::default()).expect("resolves");
+        assert_eq!(s.tls.cert, PathBuf::from("/certs/cold-1.pem"));
 
         assert!(Cli::try_parse_from(["soma", "node", "--listen", "nowhere"]).is_err());
-        assert!(Cli::try_parse_from(["soma", "node", "--peer", "b"]).is_err());
+        assert!(Cli::try_parse_from(["soma", "node", "--role", "warm"]).is_err());
+        assert!(Cli::try_parse_from(["soma", "node", "--seed", "10.0.0.1:7100"]).is_err());
     }
 
     #[test]
-    fn client_commands() {
-        let argv = ["soma", "call", "<a.1732512345678.3>", "hello", "--peer", "a=127.0.0.1:7101", "--timeout", "2s"];
-        let Command::Call(c) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not call") };
-        assert_eq!(c.pid.to_string(), "<a.1732512345678.3>");
-        assert_eq!(c.text, "hello");
-        assert_eq!(c.client.name, "cli");
-        assert_eq!(c.client.timeout, Duration::from_secs(2));
-        assert_eq!(c.client.peers[0].name, "a");
+    fn operator_commands() {
+        let argv = ["soma", "call", "<a.1732512345678.3>", "hello", "--timeout", "2s", "--url", "http://h:1"];
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        let Command::Call { pid, msg, timeout, api } = cli.command else { panic!("not call") };
+        assert_eq!(api.url, "http://h:1");
+        assert_eq!((pid.as_str(), msg.as_str(), timeout), ("<a.1732512345678.3>", "hello", Duration::from_secs(2)));
 
-        let argv = ["soma", "send", "a.1732512345678.3", "hi there", "--name", "ops", "--certs", "certs"];
-        let Command::Send(s) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not send") };
-        assert_eq!(s.pid.to_string(), "<a.1732512345678.3>");
-        assert_eq!((s.text.as_str(), s.client.name.as_str()), ("hi there", "ops"));
+        let cli = Cli::try_parse_from(["soma", "ps", "--token", "t0123456789abcdef", "--node", "hot-1", "--json"])
+            .expect("parses");
+        let Command::Ps { node, out } = cli.command else { panic!("not ps") };
+        assert_eq!(out.api.token.as_deref(), Some("t0123456789abcdef"));
+        assert_eq!((node.as_deref(), out.json), (Some("hot-1"), true));
 
-        assert!(Cli::try_parse_from(["soma", "call", "not-a-pid", "x"]).is_err());
-        assert!(Cli::try_parse_from(["soma", "send", "<a.1.2>"]).is_err(), "TEXT is required");
+        let argv = ["soma", "spawn", "demo.counter", "5", "--role", "cold", "--provider", "openai"];
+        let Command::Spawn { behaviour, args, role, providers, on, .. } =
+            Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("not spawn")
+        };
+        assert_eq!((behaviour.as_str(), args.as_str(), on), ("demo.counter", "5", None));
+        assert_eq!((role, providers), (Some(soma::membership::Role::Cold), vec!["openai".to_owned()]));
+        assert!(Cli::try_parse_from(["soma", "spawn", "x", "--on", "a", "--role", "hot"]).is_err());
+        assert!(Cli::try_parse_from(["soma", "send", "<a.1.2>"]).is_err(), "MSG is required");
+
+        let argv = ["soma", "cert", "init", "--out", "/certs", "--token", "/soma/admin-token", "hot-1", "cold-1"];
+        let Command::Cert { which: CertCmd::Init { out, token, nodes, .. } } =
+            Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("not cert init")
+        };
+        assert_eq!((out, token), (PathBuf::from("/certs"), Some(PathBuf::from("/soma/admin-token"))));
+        assert_eq!(nodes, ["hot-1", "cold-1"]);
     }
 
     #[test]

@@ -1,225 +1,264 @@
-//! `soma send` and `soma call`: one-shot clients. Each starts a short-lived distributed node of
-//! its own, connects to the target's node, acts from a process of its own (so the far side sees
-//! a real sender PID), prints the outcome and exits.
+//! The operator commands (`soma nodes`, `ps`, `info`, `state`, `trace`, `send`, `call`, `kill`,
+//! `groups`, `spawn`, `tree`): clients of a node's admin HTTP API (`docs/admin-api.md`). Any
+//! node answers for the whole cluster, so one URL is enough.
+//!
+//! Where the API is: `--url`, else `SOMA_ADMIN_URL`, else `http://127.0.0.1:7180` (what a
+//! node with no configuration serves, and what the docker-compose cluster publishes). The
+//! token: `--token`, else `SOMA_ADMIN_TOKEN`, else the first line of `.soma/admin-token` in the
+//! working directory if there is one (the compose cluster's token file), else none.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use clap::Args;
-use soma::tls::NodeTls;
-use soma::{Behaviour, CallError, Context, DistConfig, Error, Node, NodeConfig, Pid, PidRef, SendError, SpawnOpts};
-use tokio::sync::oneshot;
+use hyper::Method;
+use serde_json::{json, Value};
+use soma::admin::client::AdminClient;
 
-use super::demo::DemoEcho;
-use super::{parse_duration, parse_peer, CertArgs, Peer};
+use super::parse_duration;
 
-/// A registered name no node uses: a call to it is answered `noproc` by the far node, which
-/// makes it a round trip that touches nothing there.
-const PROBE_NAME: &str = "soma.cli.probe";
+/// The token file the compose cluster writes (relative to the working directory).
+pub const TOKEN_FILE: &str = ".soma/admin-token";
 
-/// Options every one-shot client takes.
+/// Where the admin API is and how to talk to it.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
-pub struct ClientArgs {
-    /// Name of this short-lived node: must be the name in its certificate (`soma cert node
-    /// cli`). Each run is a new incarnation (creation = start time in ms), so runs one after
-    /// another never clash.
-    #[arg(long, env = "SOMA_CLI_NAME", default_value = "cli")]
-    pub name: String,
-    /// Cluster name (must be the target node's).
-    #[arg(long, env = "SOMA_CLUSTER", default_value = soma::tls::DEFAULT_CLUSTER)]
-    pub cluster: String,
-    #[command(flatten)]
-    pub certs: CertArgs,
-    /// A node and its UDP address, NAME=HOST:PORT (repeatable; comma-separated in SOMA_PEER).
-    /// The PID's node must be one of them.
-    #[arg(long = "peer", value_name = "NAME=ADDR", env = "SOMA_PEER", value_delimiter = ',', value_parser = parse_peer)]
-    pub peers: Vec<Peer>,
-    /// How long to wait for the connection, and then for the reply (e.g. 500ms, 5s).
-    #[arg(long, env = "SOMA_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+pub struct ApiArgs {
+    /// The admin API of any node of the cluster.
+    #[arg(long, env = "SOMA_ADMIN_URL", default_value = "http://127.0.0.1:7180")]
+    pub url: String,
+    /// The admin token [default: SOMA_ADMIN_TOKEN, else .soma/admin-token if present].
+    #[arg(long, env = "SOMA_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How long to wait for an answer (e.g. 500ms, 10s).
+    #[arg(id = "http_timeout", long = "http-timeout", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
-/// `soma send` arguments.
-#[derive(Args, Debug, Clone, PartialEq, Eq)]
-pub struct SendArgs {
-    /// The target's PID, e.g. '<a.1732512345678.3>' (quote it: < and > are shell redirections)
-    /// or a.1732512345678.3.
-    pub pid: Pid,
-    /// The message: a string, the demo agent's message type.
-    pub text: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
+/// The client for `args` (reads the token file if needed).
+pub fn api(args: &ApiArgs) -> anyhow::Result<AdminClient> {
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None if Path::new(TOKEN_FILE).is_file() => {
+            Some(super::config::read_token_file(Path::new(TOKEN_FILE)).map_err(|e| anyhow!(e))?)
+        }
+        None => None,
+    };
+    Ok(AdminClient::new(&args.url, token, args.timeout)?)
 }
 
-/// `soma call` arguments.
-#[derive(Args, Debug, Clone, PartialEq, Eq)]
-pub struct CallArgs {
-    /// The target's PID, e.g. '<a.1732512345678.3>' (quote it: < and > are shell redirections)
-    /// or a.1732512345678.3.
-    pub pid: Pid,
-    /// The request: a string, the demo agent's call type.
-    pub text: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
+/// A PID as the URL path segment (brackets dropped: `a.1.2`).
+pub fn pid_path(pid: &str) -> anyhow::Result<String> {
+    soma::admin::client::pid_path(pid).with_context(|| format!("{pid:?} is not a PID"))
 }
 
-/// What the client process does.
-enum Op {
-    Send(String),
-    Call(String, Duration),
-}
-
-/// Why the client process's act failed.
-enum ActError {
-    Send(SendError),
-    Call(CallError),
-}
-
-type Done = oneshot::Sender<Result<Option<String>, ActError>>;
-
-/// The process the client acts from: its `init` does the one thing and reports through `done`.
-struct ClientProc;
-
-impl Behaviour for ClientProc {
-    type Args = (PidRef<DemoEcho>, Op, Done);
-    type Msg = ();
-    type Call = ();
-    type Reply = ();
-
-    fn name() -> &'static str {
-        "cli.client"
-    }
-
-    async fn init(ctx: &mut Context<Self>, (to, op, done): Self::Args) -> Result<Self, Error> {
-        let r = match op {
-            Op::Send(text) => ctx.send_to(to.pid(), text).map(|()| None).map_err(ActError::Send),
-            Op::Call(text, timeout) => ctx.call_ref(&to, text, timeout).await.map(Some).map_err(ActError::Call),
-        };
-        let _ = done.send(r);
-        Ok(ClientProc)
+/// Parses a command-line JSON argument; a bare word that is not JSON is taken as a string,
+/// so `soma send PID hello` works as `soma send PID '"hello"'`.
+pub fn json_arg(text: &str) -> anyhow::Result<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => Ok(v),
+        Err(_) if !text.trim_start().starts_with(['{', '[', '"']) => Ok(Value::String(text.to_owned())),
+        Err(e) => Err(anyhow!("{text:?} is not JSON: {e}")),
     }
 }
 
-/// `soma send PID TEXT`.
-pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
-    let pid = args.pid;
-    let out = run_client(&args.client, pid, Op::Send(args.text))?;
-    if out.is_none() {
-        println!("sent to {pid}");
-    }
-    Ok(())
-}
-
-/// `soma call PID TEXT`.
-pub fn run_call(args: CallArgs) -> anyhow::Result<()> {
-    let timeout = args.client.timeout;
-    if let Some(reply) = run_client(&args.client, args.pid, Op::Call(args.text, timeout))? {
-        println!("{reply}");
-    }
-    Ok(())
-}
-
-/// Where the PID's node is, from `--peer` (an error naming the flag to add if it is not there).
-fn peer_of(args: &ClientArgs, pid: Pid) -> anyhow::Result<&Peer> {
-    let node = pid.node().name();
-    if *node == *args.name {
-        bail!("this client's --name {:?} is the name of the PID's node: give the client its own name", args.name);
-    }
-    args.peers.iter().find(|p| *p.name == *node).ok_or_else(|| {
-        anyhow!("no address for node {node:?}, the node of {pid}: pass --peer {node}=HOST:PORT (or set SOMA_PEER)")
-    })
-}
-
-fn run_client(args: &ClientArgs, pid: Pid, op: Op) -> anyhow::Result<Option<String>> {
-    let peer = peer_of(args, pid)?.clone();
-    let paths = args.certs.paths(&args.name);
-    let tls = NodeTls::load(&paths).with_context(|| format!("loading the certificates of node {:?}", args.name))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(async {
-        let any: IpAddr = if peer.addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-        let mut dist = DistConfig::new(args.cluster.clone(), SocketAddr::new(any, 0), tls);
-        dist.peers = args.peers.iter().map(|p| (p.name.clone(), p.addr)).collect();
-        let node = Node::start_distributed(NodeConfig::named(args.name.clone()), dist)
-            .with_context(|| format!("starting the client node {:?}", args.name))?;
-        let r = act(&node, args, &peer, pid, op).await;
-        node.shutdown(Duration::from_secs(1)).await;
-        r
-    })
-}
-
-async fn act(node: &Node, args: &ClientArgs, peer: &Peer, pid: Pid, op: Op) -> anyhow::Result<Option<String>> {
-    let is_send = matches!(op, Op::Send(_));
-    // Connect first: an unreachable node, a wrong cluster or CA, and a restarted node (whose
-    // old PIDs are gone) show here, clearly, before anything is sent.
-    probe(node, args, peer).await?;
-    let now = node.connected_nodes().into_iter().find(|n| *n.name() == *peer.name);
-    if let Some(now) = now.filter(|n| *n != pid.node()) {
-        bail!(
-            "{pid} is a process of incarnation {} of node {}, which now runs as incarnation {}: that process is \
-             gone{}",
-            pid.node().creation(),
-            peer.name,
-            now.creation(),
-            if is_send { " (a message to it would be dropped)" } else { "" }
-        );
-    }
-
-    let (tx, rx) = oneshot::channel();
-    node.spawn::<ClientProc>((node.pid_ref::<DemoEcho>(pid), op, tx), SpawnOpts::labeled("cli"))
-        .context("spawning the client process")?;
-    // The call has its own timeout; this one only guards against a client process gone wrong.
-    let outcome = tokio::time::timeout(args.timeout + Duration::from_secs(1), rx)
-        .await
-        .map_err(|_| anyhow!("no outcome within {:?}", args.timeout))?
-        .map_err(|_| anyhow!("the client process exited without an outcome"))?;
-    match outcome {
-        Ok(out) => {
-            if is_send {
-                // A send only queues the message. Make one more round trip to the node so the
-                // connection has carried it before this node closes the connection.
-                probe(node, args, peer).await?;
+/// Renders rows as aligned columns under `headers`.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
             }
-            Ok(out)
         }
-        Err(ActError::Send(e)) => Err(anyhow!("send to {pid} failed: {e}")),
-        Err(ActError::Call(e)) => Err(call_error(e, pid, peer, args.timeout)),
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.is_empty() => "-".into(),
+        Some(Value::Array(a)) => {
+            a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).collect::<Vec<_>>().join(",")
+        }
+        Some(other) => other.to_string(),
     }
 }
 
-/// A round trip to `peer`'s node (dialing it if needed).
-async fn probe(node: &Node, args: &ClientArgs, peer: &Peer) -> anyhow::Result<()> {
-    let before = node.dist_stats().unwrap_or_default().handshake_failures;
-    match node.call_named::<DemoEcho>(&peer.name, PROBE_NAME, String::new(), args.timeout).await {
-        Ok(_) | Err(CallError::NoProc) => Ok(()),
-        Err(e) => {
-            let failed = node.dist_stats().unwrap_or_default().handshake_failures > before;
-            let why = match e {
-                CallError::Timeout(t) => format!("no answer within {t:?}"),
-                CallError::NoConnection if failed => "the connection or its handshake failed".to_owned(),
-                e => e.to_string(),
-            };
-            Err(anyhow!(
-                "cannot reach node {} at {}: {why}. Is it running, and do --cluster and the certificates (same CA) \
-                 match? RUST_LOG=info shows why a dial failed",
-                peer.name,
-                peer.addr
-            ))
-        }
-    }
+/// `soma nodes`.
+pub fn render_nodes(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    let load = n.pointer("/load/processes").map_or_else(|| "-".into(), Value::to_string);
+                    vec![
+                        s(n, "name"),
+                        s(n, "role"),
+                        s(n, "providers"),
+                        s(n, "status"),
+                        load,
+                        s(n, "addr"),
+                        s(n, "creation"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["NAME", "ROLE", "PROVIDERS", "STATUS", "PROCS", "ADDR", "CREATION"], &rows)
 }
 
-fn call_error(e: CallError, pid: Pid, peer: &Peer, timeout: Duration) -> anyhow::Error {
-    match e {
-        CallError::NoProc => anyhow!("no such process {pid} on node {} (it exited, or never existed)", peer.name),
-        CallError::Exited => anyhow!("{pid} exited before replying"),
-        CallError::Timeout(_) => anyhow!("{pid} did not reply within {timeout:?}"),
-        CallError::NoConnection => {
-            anyhow!("the connection to node {} at {} was lost before the reply", peer.name, peer.addr)
+/// `soma ps`.
+pub fn render_ps(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .get("processes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![s(p, "pid"), s(p, "label"), s(p, "behaviour"), s(p, "mailbox"), s(p, "status"), s(p, "name")]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = table(&["PID", "LABEL", "BEHAVIOUR", "MAILBOX", "STATUS", "NAME"], &rows);
+    for u in v.get("unreachable").and_then(Value::as_array).into_iter().flatten() {
+        out.push_str(&format!("\n(node {} did not answer: {})", s(u, "node"), s(u, "error")));
+    }
+    out
+}
+
+/// `soma groups`.
+pub fn render_groups(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|g| {
+                    let n = g.get("members").and_then(Value::as_array).map_or(0, Vec::len);
+                    vec![s(g, "name"), n.to_string(), s(g, "members")]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["GROUP", "SIZE", "MEMBERS"], &rows)
+}
+
+/// `soma tree`.
+pub fn render_tree(v: &Value) -> String {
+    fn walk(out: &mut Vec<String>, n: &Value, depth: usize) {
+        out.push(format!(
+            "{}{} {} [{}] {}",
+            "  ".repeat(depth),
+            s(n, "pid"),
+            s(n, "label"),
+            s(n, "behaviour"),
+            s(n, "status")
+        ));
+        for c in n.get("children").and_then(Value::as_array).into_iter().flatten() {
+            walk(out, c, depth + 1);
         }
-        CallError::BadRequest(m) => {
-            anyhow!("{pid} refused the request: {m} (soma call speaks the demo agent's types: does it run demo.echo?)")
+    }
+    let mut out = Vec::new();
+    for node in v.get("nodes").and_then(Value::as_array).into_iter().flatten() {
+        out.push(format!("node {}", s(node, "node")));
+        if let Some(e) = node.get("error") {
+            out.push(format!("  (did not answer: {})", e.as_str().unwrap_or("?")));
         }
-        e => anyhow!("call to {pid} failed: {e}"),
+        for t in node.get("tree").and_then(Value::as_array).into_iter().flatten() {
+            walk(&mut out, t, 1);
+        }
+    }
+    out.join("\n")
+}
+
+/// `soma trace`: switches tracing on, prints events until the process exits or Ctrl-C, then
+/// switches it off again (if it was off before).
+pub async fn trace(api: &AdminClient, pid: &str, json_out: bool) -> anyhow::Result<()> {
+    let p = pid_path(pid)?;
+    let info = api.call(Method::GET, &format!("/v1/processes/{p}"), None).await?;
+    let was_on = info.get("traced").and_then(Value::as_bool).unwrap_or(false);
+    eprintln!("tracing {pid} (Ctrl-C to stop)");
+    let print = |e: Value| {
+        if json_out {
+            println!("{e}");
+        } else if let Some(end) = e.get("end") {
+            println!("-- trace ended: {}", end.as_str().unwrap_or("?"));
+        } else {
+            let at = e.get("at_ns").and_then(Value::as_u64).unwrap_or(0);
+            let corr = e.get("corr").filter(|c| !c.is_null()).map(|c| format!(" corr={}", c.as_str().unwrap_or("?")));
+            println!(
+                "{:>12.6}s #{:<6} {:<12} {}{} {}",
+                at as f64 / 1e9,
+                s(&e, "seq"),
+                s(&e, "kind"),
+                e.get("peer")
+                    .filter(|p| !p.is_null())
+                    .map_or(String::new(), |p| format!("peer={} ", p.as_str().unwrap_or("?"))),
+                corr.unwrap_or_default(),
+                e.get("payload").map_or(String::new(), Value::to_string)
+            );
+        }
+        true
+    };
+    let streamed = {
+        let path = format!("/v1/processes/{p}/trace/stream?on=true");
+        let long = api.with_timeout(Duration::from_secs(3600 * 24));
+        tokio::select! {
+            r = long.stream(&path, print) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    };
+    if !was_on {
+        // Best effort: the process may have exited.
+        let _ = api.call(Method::PUT, &format!("/v1/processes/{p}/trace"), Some(&json!({"on": false}))).await;
+    }
+    Ok(streamed?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_arguments_accept_bare_words() {
+        assert_eq!(json_arg("hello").expect("json"), json!("hello"));
+        assert_eq!(json_arg("12").expect("json"), json!(12));
+        assert_eq!(json_arg("{\"a\":1}").expect("json"), json!({"a": 1}));
+        assert!(json_arg("{broken").is_err());
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\nz    w");
+    }
+
+    #[test]
+    fn renderings_show_every_row() {
+        let nodes = json!([{"name": "hot-1", "role": "hot", "providers": [], "status": "up",
+                            "load": {"processes": 3}, "addr": "10.0.0.2:7100", "creation": 5}]);
+        let out = render_nodes(&nodes);
+        assert!(out.contains("hot-1") && out.contains("10.0.0.2:7100"), "{out}");
+        let ps = json!({"processes": [{"pid": "<a.1.2>", "behaviour": "demo.echo", "mailbox": 0, "status": "waiting"}],
+                        "unreachable": [{"node": "b", "error": "gone"}]});
+        let out = render_ps(&ps);
+        assert!(out.contains("<a.1.2>") && out.contains("node b did not answer"), "{out}");
     }
 }

@@ -1,53 +1,14 @@
-//! The binary's commands that run nodes: `soma node` (a long-running node with a demo agent) and
-//! the one-shot clients `soma send` / `soma call` (a short-lived node of their own that connects,
-//! acts, prints and exits). Argument types shared by them live here.
+//! The binary's commands: `soma node` (the node daemon, [`node`], configured by [`config`]) and
+//! the operator commands, clients of a node's admin API ([`client`]). Argument types shared by
+//! them live here.
 
 pub mod client;
-pub mod demo;
+pub mod config;
 pub mod node;
 
 use std::io::IsTerminal as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
-use std::path::PathBuf;
 use std::time::Duration;
-
-use clap::Args;
-use soma::tls::TlsPaths;
-
-/// Where a node's certificates are (`--certs DIR`, with per-file overrides).
-#[derive(Args, Debug, Clone, PartialEq, Eq)]
-pub struct CertArgs {
-    /// Directory holding ca.pem, NAME.pem and NAME-key.pem, as `soma cert` writes them (NAME:
-    /// the node's --name).
-    #[arg(long, value_name = "DIR", env = "SOMA_CERTS", default_value = ".")]
-    pub certs: PathBuf,
-    /// The cluster CA certificate (instead of DIR/ca.pem).
-    #[arg(long, value_name = "FILE", env = "SOMA_CA")]
-    pub ca: Option<PathBuf>,
-    /// This node's certificate (instead of DIR/NAME.pem).
-    #[arg(long, value_name = "FILE", env = "SOMA_CERT")]
-    pub cert: Option<PathBuf>,
-    /// This node's private key (instead of DIR/NAME-key.pem).
-    #[arg(long, value_name = "FILE", env = "SOMA_KEY")]
-    pub key: Option<PathBuf>,
-}
-
-impl CertArgs {
-    /// The three files for node `name`.
-    pub fn paths(&self, name: &str) -> TlsPaths {
-        let mut p = TlsPaths::in_dir(&self.certs, name);
-        if let Some(ca) = &self.ca {
-            p.ca.clone_from(ca);
-        }
-        if let Some(cert) = &self.cert {
-            p.cert.clone_from(cert);
-        }
-        if let Some(key) = &self.key {
-            p.key.clone_from(key);
-        }
-        p
-    }
-}
 
 /// A peer node: its name and where it serves (`NAME=ADDR`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,14 +91,5 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("NaN").is_err());
-    }
-
-    #[test]
-    fn cert_overrides() {
-        let c = CertArgs { certs: "certs".into(), ca: None, cert: Some("x.pem".into()), key: None };
-        let p = c.paths("a");
-        assert_eq!(p.ca, PathBuf::from("certs/ca.pem"));
-        assert_eq!(p.cert, PathBuf::from("x.pem"));
-        assert_eq!(p.key, PathBuf::from("certs/a-key.pem"));
     }
 }

@@ -1,59 +1,136 @@
-//! `soma node`: runs a distributed node with the demo agent until Ctrl-C or SIGTERM.
+//! `soma node`: the node daemon. Starts a distributed node from its configuration
+//! ([`config`](super::config)), joins the cluster's membership through its seeds, registers the
+//! demo behaviours (so `soma spawn demo.echo` works with no code), serves the admin API, and
+//! runs until SIGTERM or Ctrl-C, then leaves gracefully: peers are told (they see the node
+//! *left*, not *failed*), processes are stopped in order (children before parents, with a
+//! grace period, then killed), and connections are closed.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::Args;
-use soma::tls::NodeTls;
+use anyhow::{anyhow, bail, Context as _};
+use soma::admin::http::AdminServer;
+use soma::admin::Admin;
+use soma::membership::{Membership, MembershipConfig};
+use soma::tls::{NodeTls, Validity};
 use soma::{DistConfig, Node, NodeConfig, SpawnOpts};
 
-use super::demo::{DemoEcho, ECHO_NAME};
-use super::{parse_peer, CertArgs, Peer};
+use super::config::{read_token_file, resolve, FileConfig, NodeArgs, Settings, TokenSource};
+use soma::demo::{DemoEcho, ECHO_NAME};
 
-/// How long processes get to stop after Ctrl-C or SIGTERM before they are killed.
+/// How long processes get to stop after SIGTERM before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// `soma node` arguments.
-#[derive(Args, Debug, Clone, PartialEq, Eq)]
-pub struct NodeArgs {
-    /// This node's name: must be the name in its certificate. Its PIDs read
-    /// <NAME.CREATION.SERIAL>.
-    #[arg(long, env = "SOMA_NAME", default_value = "soma")]
-    pub name: String,
-    /// UDP address to serve QUIC on.
-    #[arg(long, env = "SOMA_LISTEN", default_value = "127.0.0.1:7100")]
-    pub listen: SocketAddr,
-    /// Cluster name: must be the same on every node (nodes of another cluster are refused).
-    #[arg(long, env = "SOMA_CLUSTER", default_value = soma::tls::DEFAULT_CLUSTER)]
-    pub cluster: String,
-    #[command(flatten)]
-    pub certs: CertArgs,
-    /// Another node and its UDP address, NAME=HOST:PORT (repeatable; comma-separated in
-    /// SOMA_PEER). Connections are made on first use.
-    #[arg(long = "peer", value_name = "NAME=ADDR", env = "SOMA_PEER", value_delimiter = ',', value_parser = parse_peer)]
-    pub peers: Vec<Peer>,
-    /// Creation (incarnation) number [default: the start time in ms since the Unix epoch, so a
-    /// restarted node is a new incarnation and old PIDs never reach its processes].
-    #[arg(long, env = "SOMA_CREATION")]
-    pub creation: Option<u64>,
-}
+/// How long the leave announcement gets to spread before gossip stops.
+const LEAVE_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs the node until Ctrl-C or SIGTERM (call outside any runtime: it builds its own).
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let paths = args.certs.paths(&args.name);
-    let tls = NodeTls::load(&paths).with_context(|| format!("loading the certificates of node {:?}", args.name))?;
+    let file = match &args.config {
+        Some(p) => FileConfig::read(p).map_err(|e| anyhow!("configuration file: {e}"))?,
+        None => FileConfig::default(),
+    };
+    let settings = resolve(&args, &file).map_err(|e| anyhow!("configuration: {e}"))?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    let tls = load_or_make_tls(&settings)?;
+    let token = match &settings.token {
+        TokenSource::None => None,
+        TokenSource::Inline(t) => Some(t.clone()),
+        TokenSource::File(f) => Some(read_token_file(f).map_err(|e| anyhow!(e))?),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(serve(args, tls))
+    rt.block_on(serve(settings, tls, token))
 }
 
-async fn serve(args: NodeArgs, tls: NodeTls) -> anyhow::Result<()> {
-    let mut dist = DistConfig::new(args.cluster.clone(), args.listen, tls);
-    dist.peers = args.peers.iter().map(|p| (p.name.clone(), p.addr)).collect();
-    let config = NodeConfig { creation: args.creation, ..NodeConfig::named(args.name.clone()) };
-    let node = Node::start_distributed(config, dist).with_context(|| format!("starting node {:?}", args.name))?;
-    let addr = node.local_addr().map_or_else(|| args.listen.to_string(), |a| a.to_string());
-    tracing::info!(node = %node.id(), listen = %addr, cluster = %args.cluster, peers = args.peers.len(), "node up");
+/// Loads the node's certificates; with no certificate location configured and none there
+/// yet, and no other node to agree with (no seeds or peers), makes a single-node CA and
+/// certificate under the data directory (so `soma node` with no configuration just works).
+fn load_or_make_tls(s: &Settings) -> anyhow::Result<NodeTls> {
+    let missing = !s.tls.ca.exists() && !s.tls.cert.exists() && !s.tls.key.exists();
+    if missing && s.tls_defaulted {
+        if !s.seeds.is_empty() || !s.peers.is_empty() {
+            bail!(
+                "no certificates in {} and this node joins others: make them with `soma cert ca` and \
+                 `soma cert node {}` from the cluster's CA, then point --certs at them",
+                s.tls.ca.parent().map_or_else(|| ".".into(), |p| p.display().to_string()),
+                s.name
+            );
+        }
+        let dir = s.tls.ca.parent().unwrap_or(Path::new("."));
+        soma::tls::write_ca(dir, &s.cluster, Validity::days_from_now(soma::tls::DEFAULT_CA_DAYS), false)
+            .context("making a single-node CA")?;
+        soma::tls::write_node_cert(
+            dir,
+            dir,
+            &s.name,
+            &[],
+            Validity::days_from_now(soma::tls::DEFAULT_NODE_DAYS),
+            false,
+        )
+        .context("making this node's certificate")?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "no certificates configured: made a single-node cluster CA and certificate; to add nodes, \
+             issue their certificates with `soma cert node NAME --ca-dir {}`",
+            dir.display()
+        );
+    }
+    NodeTls::load(&s.tls).with_context(|| format!("loading the certificates of node {:?}", s.name))
+}
+
+/// Resolves `host:port` now (docker service names, DNS), preferring IPv4.
+async fn resolve_addr(hostport: &str) -> anyhow::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(hostport).await.with_context(|| format!("cannot resolve {hostport:?}"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("{hostport:?} resolves to nothing"))
+}
+
+async fn serve(s: Settings, tls: NodeTls, token: Option<String>) -> anyhow::Result<()> {
+    let mut dist = DistConfig::new(s.cluster.clone(), s.listen, tls);
+    dist.peers = s.peers.iter().map(|p| (p.name.clone(), p.addr)).collect();
+    let config = NodeConfig { creation: s.creation, ..NodeConfig::named(s.name.clone()) };
+    let node = Node::start_distributed(config, dist).with_context(|| format!("starting node {:?}", s.name))?;
+    let bound = node.local_addr().ok_or_else(|| anyhow!("the QUIC endpoint has no address"))?;
+    let advertise = match &s.advertise {
+        Some(a) => resolve_addr(a).await.map(|r| SocketAddr::new(r.ip(), r.port()))?,
+        None => bound,
+    };
+    soma::demo::register(&node).context("registering the demo behaviours")?;
+
+    // The admin address others see: the advertised host with the admin port when the API
+    // listens on every interface.
+    let admin_seen =
+        if s.admin.ip().is_unspecified() { SocketAddr::new(advertise.ip(), s.admin.port()) } else { s.admin };
+    let mcfg = MembershipConfig {
+        role: s.role,
+        providers: s.providers.clone(),
+        capacity: s.capacity,
+        admin: Some(admin_seen),
+        advertise: Some(advertise),
+        seeds: s.seeds.clone(),
+        gossip_interval: s.gossip_interval,
+        phi_threshold: s.phi,
+        ..MembershipConfig::default()
+    };
+    let membership = Membership::join(&node, mcfg).await.context("joining the cluster")?;
+    let admin = Admin::new(node.clone(), Some(membership.clone()));
+    let server = AdminServer::start(admin, s.admin, token).await.context("starting the admin API")?;
+    tracing::info!(
+        node = %node.id(),
+        role = %s.role,
+        providers = %s.providers.join(","),
+        quic = %bound,
+        %advertise,
+        admin = %server.local_addr(),
+        seeds = s.seeds.len(),
+        "node up"
+    );
 
     let echo = node
         .spawn::<DemoEcho>((), SpawnOpts { register: Some(ECHO_NAME.to_owned()), ..SpawnOpts::labeled(ECHO_NAME) })
@@ -63,9 +140,11 @@ async fn serve(args: NodeArgs, tls: NodeTls) -> anyhow::Result<()> {
 
     let stopped_by = stop_signal().await;
     match &stopped_by {
-        Ok(sig) => tracing::info!(signal = sig, "stopping"),
-        Err(e) => tracing::error!(error = %e, "cannot wait for signals; stopping"),
+        Ok(sig) => tracing::info!(signal = sig, "leaving the cluster"),
+        Err(e) => tracing::error!(error = %e, "cannot wait for signals; leaving"),
     }
+    membership.leave(LEAVE_GRACE).await;
+    server.stop().await;
     node.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!(node = %node.id(), "node stopped");
     stopped_by.map(|_| ())

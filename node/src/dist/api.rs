@@ -115,7 +115,7 @@ impl Node {
         Ok(node)
     }
 
-    fn dist(&self) -> Option<&Arc<Dist>> {
+    pub(crate) fn dist(&self) -> Option<&Arc<Dist>> {
         self.shared().dist.get()
     }
 

@@ -17,6 +17,7 @@
 mod api;
 pub(crate) mod arbiter;
 pub(crate) mod inbound;
+pub mod rpc;
 pub(crate) mod session;
 pub mod spawn;
 mod stats;
@@ -183,6 +184,7 @@ pub(crate) struct Dist {
     addr_names: Mutex<FxHashMap<SocketAddr, Arc<str>>>,
     control: RwLock<FxHashMap<u8, Arc<dyn ControlHandler>>>,
     pub(crate) spawns: spawn::Spawns,
+    pub(crate) rpcs: rpc::Rpcs,
     state: Mutex<State>,
     by_node: RwLock<FxHashMap<NodeId, Arc<Session>>>,
     stats: Arc<Stats>,
@@ -243,6 +245,7 @@ impl Dist {
             addr_names: Mutex::new(addr_names),
             control: RwLock::new(FxHashMap::default()),
             spawns: spawn::Spawns::default(),
+            rpcs: rpc::Rpcs::default(),
             state: Mutex::new(State { arbiter: Arbiter::new(local, cfg.backoff), sessions: FxHashMap::default() }),
             by_node: RwLock::new(FxHashMap::default()),
             stats: Arc::new(Stats::default()),
@@ -282,6 +285,8 @@ impl Dist {
         match tag {
             cluster_proto::frame::tag::SPAWN => return self.serve_spawn(from, body),
             cluster_proto::frame::tag::SPAWN_REPLY => return self.complete_spawn(from, body),
+            cluster_proto::frame::tag::RPC => return self.serve_rpc(from, body),
+            cluster_proto::frame::tag::RPC_REPLY => return self.complete_rpc(from, body),
             cluster_proto::frame::tag::PG => {
                 let Some(node) = self.node.upgrade() else { return };
                 if let Err(e) = node.pg.on_message(from, body) {
@@ -632,6 +637,7 @@ impl Dist {
 
     fn end_session(&self, session: &Arc<Session>) {
         self.spawns.peer_lost(&session.peer);
+        self.rpcs.peer_lost(&session.peer);
         if let Some(remote) = session.remote.get() {
             let mut by = self.by_node.write();
             if by.get(remote).is_some_and(|s| Arc::ptr_eq(s, session)) {
