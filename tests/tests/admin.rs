@@ -99,6 +99,11 @@ async fn nodes_spawn_by_provider_and_talk_to_a_remote_pid_through_any_node() {
         ]
     );
 
+    // Each node's own view, asked through hot-1.
+    let via = c.api.get("/v1/nodes?via=cold-a").await.expect("cold-a's view");
+    assert_eq!(via.as_array().map(Vec::len), Some(3));
+    assert!(via.as_array().unwrap().iter().any(|n| n["name"] == "cold-a" && n["self"] == true));
+
     // Spawned by provider: only cold-b serves anthropic.
     let spawned = c
         .api

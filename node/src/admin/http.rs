@@ -195,8 +195,19 @@ async fn health(State(s): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({"ok": true, "node": &*id.name(), "creation": id.creation()}))
 }
 
-async fn nodes(State(s): State<Arc<Shared>>) -> Json<Value> {
-    Json(s.admin.nodes())
+#[derive(Deserialize)]
+struct ViaQuery {
+    /// Ask this node for its view instead.
+    via: Option<String>,
+}
+
+/// The members, as this node sees them (or as node `via` sees them: each node decides from
+/// its own failure detector, so views can differ for a moment).
+async fn nodes(State(s): State<Arc<Shared>>, Query(q): Query<ViaQuery>) -> ApiResult {
+    match q.via {
+        Some(n) => Ok(Json(s.admin.on_node(&n, AdminOp::Members).await?)),
+        None => Ok(Json(s.admin.nodes())),
+    }
 }
 
 async fn node_status(State(s): State<Arc<Shared>>, Path(node): Path<String>) -> ApiResult {

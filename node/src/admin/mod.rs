@@ -73,6 +73,8 @@ pub struct Target {
 pub enum AdminOp {
     /// This node's summary: identity, role, load, behaviours, transport counters.
     Status,
+    /// The members as this node sees them (what [`Admin::nodes`] answers there).
+    Members,
     /// This node's processes (at most [`MAX_LIST`]).
     Ps,
     /// This node's supervision tree.
@@ -451,6 +453,7 @@ impl Admin {
                     "membership": self.membership.as_ref().map(|m| m.stats()),
                 }))
             }
+            AdminOp::Members => Ok(self.nodes()),
             AdminOp::Ps => {
                 let list: Vec<Value> = node
                     .processes()
