@@ -236,3 +236,29 @@ async fn g1_g3_pids_of_lost_or_earlier_incarnations_answer_no_proc_or_unreachabl
     assert!(ps["processes"].as_array().unwrap().iter().all(|x| x["node"] != "cold-a"));
     c.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_a_routed_call_fails_at_once_when_its_node_is_lost() {
+    let ca = TestCa::new();
+    let c = cluster(&ca).await;
+    let spawned =
+        c.api.post("/v1/spawn", &json!({"behaviour": "demo.counter", "node": "cold-a"})).await.expect("spawn");
+    let p = pid_path(&pid_of(&spawned)).expect("pid");
+    // Suspended, it cannot answer: the call below waits on cold-a.
+    c.api.post(&format!("/v1/processes/{p}/suspend"), &json!(null)).await.expect("suspend");
+    let api = c.api.with_timeout(Duration::from_secs(120));
+    let path = format!("/v1/processes/{p}/call");
+    let pending = tokio::spawn(async move { api.post(&path, &json!({"msg": "get", "timeout_ms": 60_000})).await });
+    let target: soma::Pid = pid_of(&spawned).parse().expect("pid");
+    eventually("the call is queued on cold-a", || {
+        c.nodes[1].info(target).map(|i| i.mailbox_depth == 1).unwrap_or(false)
+    })
+    .await;
+    // The connection hot-1 → cold-a ends (the process itself lives on, still suspended).
+    assert!(c.nodes[0].disconnect("cold-a"));
+    // Far sooner than the call's 60 s: the connection's end fails the routed request.
+    let e = within("the routed call fails", pending).await.expect("task").unwrap_err();
+    assert_eq!(status(&e), 502, "{e}");
+    assert!(c.nodes[1].is_alive(target));
+    c.server.stop().await;
+}
