@@ -107,6 +107,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod dynamic;
 mod error;
 mod supervision;

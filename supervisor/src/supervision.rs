@@ -11,7 +11,7 @@ use crate::types::{
 };
 use crate::window::{RestartVerdict, RestartWindow};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct ChildEntry {
     spec: ChildSpecInfo,
     status: ChildStatus,
@@ -33,7 +33,11 @@ impl ChildEntry {
 /// Holds the child specs in start order, each child's running status and the
 /// restart history. Pure and deterministic: the same calls with the same
 /// `now_ms` values always yield the same decisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serializable (for snapshots of replicated state): the id index is rebuilt on
+/// deserialization, and a serialized form with duplicate or invalid ids is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "SupervisionRepr", into = "SupervisionRepr")]
 pub struct Supervision {
     strategy: Strategy,
     window: RestartWindow,
@@ -41,6 +45,38 @@ pub struct Supervision {
     children: Vec<ChildEntry>,
     /// id -> position in `children`; always exactly mirrors `children`.
     index: HashMap<ChildId, usize>,
+}
+
+/// The serialized form of a [`Supervision`] (without the derived index).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SupervisionRepr {
+    strategy: Strategy,
+    window: RestartWindow,
+    children: Vec<ChildEntry>,
+}
+
+impl From<Supervision> for SupervisionRepr {
+    fn from(s: Supervision) -> Self {
+        SupervisionRepr { strategy: s.strategy, window: s.window, children: s.children }
+    }
+}
+
+impl TryFrom<SupervisionRepr> for Supervision {
+    type Error = SupervisionError;
+
+    fn try_from(r: SupervisionRepr) -> Result<Self, SupervisionError> {
+        if r.children.len() > Supervision::MAX_CHILDREN {
+            return Err(SupervisionError::TooManyChildren { limit: Supervision::MAX_CHILDREN });
+        }
+        let mut index = HashMap::with_capacity(r.children.len());
+        for (i, c) in r.children.iter().enumerate() {
+            crate::types::validate_child_id(&c.spec.id)?;
+            if index.insert(c.spec.id.clone(), i).is_some() {
+                return Err(SupervisionError::DuplicateChild(echo(&c.spec.id)));
+            }
+        }
+        Ok(Supervision { strategy: r.strategy, window: r.window, children: r.children, index })
+    }
 }
 
 impl Supervision {

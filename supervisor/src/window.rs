@@ -28,7 +28,7 @@ pub enum RestartVerdict {
 /// Time must be monotonic. A `now_ms` earlier than the newest recorded
 /// restart is treated as equal to it (the clock is clamped, never trusted to
 /// go backwards), so bad readings cannot corrupt the window or panic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestartWindow {
     intensity: Intensity,
     stamps: VecDeque<u64>,
