@@ -49,6 +49,7 @@ pub mod dist;
 pub mod membership;
 pub mod pg;
 pub mod process;
+pub mod raft;
 pub mod supervision;
 pub mod tls;
 
