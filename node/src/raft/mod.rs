@@ -5,11 +5,16 @@
 //!
 //! * [`store`]: the Raft log, vote and snapshots on sled (flushed before anything is
 //!   acknowledged), and the state machine in memory, rebuilt on start from the last snapshot
-//!   and the log after it.
+//!   and the log after it;
+//! * [`network`]: Raft RPCs over the mTLS QUIC transport (G9);
+//! * [`node`]: a hot node's Raft — the group formed from gossip membership on first start,
+//!   grown by the leader, and guarded against disruptive elections (no pre-vote in 0.9).
 //!
 //! Node ids are derived from node names ([`node_id`]), so a hot node's Raft id is stable across
 //! restarts and needs no configuration.
 
+pub mod network;
+pub mod node;
 pub mod store;
 
 use std::io::Cursor;

@@ -1,0 +1,162 @@
+//! Raft RPCs over soma's authenticated QUIC transport (G9): openraft's `RaftNetwork` as
+//! requests to the peer's Raft service ([`RAFT_SERVICE`]) through the generic control-frame RPC
+//! of [`dist::rpc`](crate::dist::rpc).
+//!
+//! Per LIBRARIES.md: `new_client` never blocks (connections are made on first use by the
+//! transport); a peer that cannot be reached is `RPCError::Unreachable` (openraft backs off), a
+//! timeout is `RPCError::Timeout` (the RPC honours `RPCOption::hard_ttl`), any other transport
+//! failure is `RPCError::Network`, and the peer's own `RaftError` comes back as
+//! `RPCError::RemoteError`.
+
+use std::sync::Arc;
+
+use cluster_proto::codec::{decode_payload, encode_payload};
+use cluster_proto::NodeId as SomaNodeId;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{RPCTypes, Raft};
+use serde::{Deserialize, Serialize};
+
+use super::{RaftMember, TypeConfig};
+use crate::dist::rpc::{RpcError, RpcFuture, RpcService};
+use crate::dist::Dist;
+
+/// The RPC service number of Raft.
+pub const RAFT_SERVICE: u16 = 2;
+
+type NodeId = u64;
+
+/// A Raft request on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// A Raft answer on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+/// Makes a [`Network`] per peer.
+#[derive(Clone)]
+pub struct Factory {
+    pub(crate) dist: Arc<Dist>,
+    pub(crate) me: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Factory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &RaftMember) -> Network {
+        Network { dist: Arc::clone(&self.dist), me: self.me, target, name: node.name.clone() }
+    }
+}
+
+/// The client side of Raft RPCs to one peer.
+pub struct Network {
+    dist: Arc<Dist>,
+    me: NodeId,
+    target: NodeId,
+    name: String,
+}
+
+/// Why a call failed before the peer's Raft answered.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Transport(String);
+
+impl Network {
+    async fn call<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Answer, RPCError<NodeId, RaftMember, E>> {
+        let mut body = Vec::new();
+        encode_payload(&mut body, &req).map_err(|e| RPCError::Network(NetworkError::new(&Transport(e.to_string()))))?;
+        let timeout = option.hard_ttl();
+        match self.dist.rpc(&self.name, RAFT_SERVICE, body, timeout).await {
+            Ok((_, answer)) => decode_payload::<Answer>(&answer)
+                .map_err(|e| RPCError::Network(NetworkError::new(&Transport(format!("bad Raft answer: {e}"))))),
+            Err(RpcError::NoConnection(n)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&Transport(format!("{n} is unreachable")))))
+            }
+            Err(RpcError::Timeout(..)) => {
+                Err(RPCError::Timeout(Timeout { action, id: self.me, target: self.target, timeout }))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&Transport(e.to_string())))),
+        }
+    }
+
+    fn odd<E: std::error::Error>() -> RPCError<NodeId, RaftMember, E> {
+        RPCError::Network(NetworkError::new(&Transport("a Raft answer of the wrong kind".into())))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId>>> {
+        match self.call(RPCTypes::AppendEntries, Request::Append(rpc), &option).await? {
+            Answer::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(Self::odd()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.call(RPCTypes::InstallSnapshot, Request::Snapshot(rpc), &option).await? {
+            Answer::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(Self::odd()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId>>> {
+        match self.call(RPCTypes::Vote, Request::Vote(rpc), &option).await? {
+            Answer::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(Self::odd()),
+        }
+    }
+}
+
+/// The server side: peers' Raft RPCs into the local Raft.
+pub(crate) struct Service {
+    pub(crate) raft: Raft<TypeConfig>,
+}
+
+impl RpcService for Service {
+    fn serve(&self, from: SomaNodeId, body: Vec<u8>) -> RpcFuture {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let req: Request =
+                decode_payload(&body).map_err(|e| format!("Raft request from {from} does not decode: {e}"))?;
+            let answer = match req {
+                Request::Append(r) => Answer::Append(raft.append_entries(r).await),
+                Request::Vote(r) => Answer::Vote(raft.vote(r).await),
+                Request::Snapshot(r) => Answer::Snapshot(raft.install_snapshot(r).await),
+            };
+            let mut out = Vec::new();
+            encode_payload(&mut out, &answer).map_err(|e| format!("Raft answer not encodable: {e}"))?;
+            Ok(out)
+        })
+    }
+}

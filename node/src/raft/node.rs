@@ -1,0 +1,309 @@
+//! A hot node's Raft: started on the node's sled store, talking over the QUIC transport, its
+//! voting group formed and grown from gossip membership with no manual step.
+//!
+//! ## Forming the group
+//!
+//! * **First start**: once at least `expect_voters` hot members are visible, the one with the
+//!   smallest name among the `expect_voters` smallest-named hot members initializes Raft with
+//!   exactly those as voters (the others wait to be contacted). With `expect_voters = 1` a lone
+//!   hot node forms a one-voter group at once. Initializing again is harmless (openraft refuses,
+//!   which is treated as done).
+//! * **Growth**: the leader adds every hot member it sees that is not yet in the group, as a
+//!   learner (caught up first) and then as a voter. A member that is lost stays a voter (it may
+//!   come back with its data); `soma raft remove` removes one for good.
+//! * **A returning cut-off node must not unseat a healthy leader** (openraft 0.9 has no
+//!   pre-vote): a node that sees less than a majority of the voters through membership does
+//!   not start elections (`runtime_config().elect(false)`), so its term does not climb while it
+//!   is cut off; it re-enables them once it sees a majority again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use supervisor::cluster::{ClusterState, Command};
+
+use super::network::{Factory, Service, RAFT_SERVICE};
+use super::store::{open, OpenError, StateMachine};
+use super::{node_id, Applied, RaftMember, TypeConfig};
+use crate::membership::{Membership, Role};
+use crate::Node;
+
+/// How a node runs Raft.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// Where its sled store lives (its own directory).
+    pub dir: PathBuf,
+    /// How many hot nodes form the group on first start.
+    pub expect_voters: usize,
+    /// Leader heartbeat.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election: (Duration, Duration),
+    /// How often membership is checked (forming, growing, the pre-vote guard).
+    pub manage_every: Duration,
+}
+
+impl RaftConfig {
+    /// Heartbeat 100 ms, elections after 400–800 ms of silence, group of `expect_voters`.
+    pub fn new(dir: PathBuf, expect_voters: usize) -> RaftConfig {
+        RaftConfig {
+            dir,
+            expect_voters: expect_voters.max(1),
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(400), Duration::from_millis(800)),
+            manage_every: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why Raft did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStartError {
+    /// The node is not distributed.
+    #[error("Raft needs a distributed node")]
+    NotDistributed,
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// openraft refused the configuration or did not start.
+    #[error("Raft did not start: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader (the leader's name, if known).
+    #[error("not the leader (the leader is {0:?})")]
+    NotLeader(Option<String>),
+    /// Raft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// What `soma raft status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RaftStatus {
+    /// This node's Raft id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// leader, follower, candidate or learner.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader's name, if known.
+    pub leader: Option<String>,
+    /// Voters' names.
+    pub voters: Vec<String>,
+    /// Learners' names.
+    pub learners: Vec<String>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub last_applied: Option<u64>,
+    /// Elections enabled (false while this node sees no majority: the pre-vote guard).
+    pub elections: bool,
+}
+
+/// A hot node's Raft (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    id: u64,
+    name: String,
+    elections: Arc<std::sync::atomic::AtomicBool>,
+    task: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode").field("name", &self.name).field("id", &self.id).finish()
+    }
+}
+
+impl RaftNode {
+    /// Starts Raft on `node` (distributed, with `membership`).
+    pub async fn start(node: &Node, membership: &Membership, cfg: RaftConfig) -> Result<RaftNode, RaftStartError> {
+        let dist = node.dist().cloned().ok_or(RaftStartError::NotDistributed)?;
+        let name = node.id().name().to_string();
+        let id = node_id(&name);
+        let config = Config {
+            cluster_name: "soma".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election.0.as_millis() as u64,
+            election_timeout_max: cfg.election.1.as_millis() as u64,
+            install_snapshot_timeout: 5000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| RaftStartError::Raft(e.to_string()))?;
+        let (log, sm) = open(&cfg.dir)?;
+        let factory = Factory { dist: Arc::clone(&dist), me: id };
+        let raft = Raft::new(id, Arc::new(config), factory, log, sm.clone())
+            .await
+            .map_err(|e| RaftStartError::Raft(e.to_string()))?;
+        dist.set_rpc_service(RAFT_SERVICE, Arc::new(Service { raft: raft.clone() }));
+        let rn = RaftNode {
+            raft,
+            sm,
+            id,
+            name,
+            elections: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            task: Arc::default(),
+        };
+        let handle = tokio::spawn(manage(rn.clone(), membership.clone(), cfg));
+        *rn.task.lock() = Some(handle);
+        Ok(rn)
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Reads the committed supervision state.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        self.sm.read(|s, _| f(s))
+    }
+
+    /// Whether this node is the leader now (by its own metrics: an isolated old leader may
+    /// still think so — act only on committed state).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Proposes `cmd`; answers once it is committed and applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader(f.leader_node.map(|n| n.name)))
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// The status (see [`RaftStatus`]).
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let names: BTreeMap<u64, String> = m.membership_config.nodes().map(|(id, n)| (*id, n.name.clone())).collect();
+        let name_of = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("#{id:x}"));
+        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let learners: Vec<String> = m.membership_config.membership().learner_ids().map(|i| name_of(&i)).collect();
+        RaftStatus {
+            id: self.id,
+            name: self.name.clone(),
+            state: format!("{:?}", m.state).to_lowercase(),
+            term: m.current_term,
+            leader: m.current_leader.as_ref().map(name_of),
+            voters: voters.iter().map(name_of).collect(),
+            learners,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            elections: self.elections.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Adds the hot node `name` as a voter (the leader only).
+    pub async fn add_voter(&self, name: &str) -> Result<(), ProposeError> {
+        let id = node_id(name);
+        let map = |e: RaftError<u64, ClientWriteError<u64, RaftMember>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ProposeError::NotLeader(f.leader_node.map(|n| n.name))
+            }
+            other => ProposeError::Raft(other.to_string()),
+        };
+        self.raft.add_learner(id, RaftMember { name: name.to_owned() }, true).await.map_err(map)?;
+        let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+        voters.insert(id);
+        self.raft.change_membership(voters, false).await.map_err(map)?;
+        Ok(())
+    }
+
+    /// Removes `name` from the group (the leader only).
+    pub async fn remove(&self, name: &str) -> Result<(), ProposeError> {
+        let id = node_id(name);
+        let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+        if !voters.remove(&id) {
+            return Err(ProposeError::Raft(format!("{name} is not a voter")));
+        }
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader(f.leader_node.map(|n| n.name)))
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Stops Raft (and its membership manager).
+    pub async fn shutdown(&self) {
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Forms and grows the group from membership, and keeps the pre-vote guard (module docs).
+async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
+    let mut initialized = rn.raft.is_initialized().await.unwrap_or(false);
+    loop {
+        tokio::time::sleep(cfg.manage_every).await;
+        let mut hot: Vec<String> =
+            membership.members().into_iter().filter(|m| m.role == Role::Hot && !m.leaving).map(|m| m.name).collect();
+        hot.sort();
+        if !initialized {
+            initialized = rn.raft.is_initialized().await.unwrap_or(false);
+        }
+        if !initialized && hot.len() >= cfg.expect_voters {
+            let founders: Vec<String> = hot.iter().take(cfg.expect_voters).cloned().collect();
+            if founders.first() == Some(&rn.name) {
+                let members: BTreeMap<u64, RaftMember> =
+                    founders.iter().map(|n| (node_id(n), RaftMember { name: n.clone() })).collect();
+                match rn.raft.initialize(members).await {
+                    Ok(()) => tracing::info!(voters = ?founders, "formed the Raft group"),
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot form the Raft group yet"),
+                }
+                initialized = true;
+            }
+        }
+        // The pre-vote guard: no elections without a visible majority of the voters.
+        let voters: BTreeMap<u64, String> = {
+            let m = rn.raft.metrics().borrow().membership_config.clone();
+            let names: BTreeMap<u64, String> = m.nodes().map(|(id, n)| (*id, n.name.clone())).collect();
+            m.voter_ids().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect()
+        };
+        if !voters.is_empty() {
+            let visible = voters.values().filter(|n| **n == rn.name || hot.contains(n)).count();
+            let majority = visible * 2 > voters.len();
+            let was = rn.elections.swap(majority, std::sync::atomic::Ordering::Relaxed);
+            if was != majority {
+                rn.raft.runtime_config().elect(majority);
+                tracing::info!(visible, voters = voters.len(), elections = majority, "Raft elections switched");
+            }
+        }
+        // Growth: the leader adds hot members that are not in the group yet.
+        if rn.is_leader() {
+            let in_group: BTreeSet<String> = {
+                let m = rn.raft.metrics().borrow().membership_config.clone();
+                m.nodes().map(|(_, n)| n.name.clone()).collect()
+            };
+            for name in hot.iter().filter(|n| !in_group.contains(*n)) {
+                match rn.add_voter(name).await {
+                    Ok(()) => tracing::info!(node = %name, "added a hot node to the Raft group"),
+                    Err(e) => tracing::debug!(node = %name, error = %e, "cannot add a hot node yet"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Raft among hot nodes, in one process on loopback (real QUIC + mTLS, real sled on disk): the
+//! group forms from gossip membership with no manual step, replicates supervision commands to
+//! every hot node, survives the loss of its leader, and keeps a node that sees no majority
+//! from starting elections (G5).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use soma::membership::{Membership, MembershipConfig, Role, Seed};
+use soma::raft::node::{RaftConfig, RaftNode};
+use soma::Node;
+use soma_tests::cluster::TestCa;
+use soma_tests::within;
+use supervisor::cluster::{Command, SupSpec};
+
+fn seed_of(node: &Node) -> Seed {
+    Seed { name: node.id().name().to_string(), host: node.local_addr().expect("distributed").to_string() }
+}
+
+struct Hot {
+    node: Node,
+    membership: Membership,
+    raft: RaftNode,
+}
+
+fn dir(test: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("soma-raft-{test}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+async fn hot_nodes(ca: &TestCa, test: &str, names: &[&str]) -> Vec<Hot> {
+    let mut out: Vec<Hot> = Vec::new();
+    for name in names {
+        let node = ca.node(name, 1);
+        let seeds = out.first().map(|h| vec![seed_of(&h.node)]).unwrap_or_default();
+        let cfg = MembershipConfig { role: Role::Hot, seeds, ..MembershipConfig::default() };
+        let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
+        let raft = RaftNode::start(&node, &membership, RaftConfig::new(dir(test, name), names.len()))
+            .await
+            .expect("raft starts");
+        out.push(Hot { node, membership, raft });
+    }
+    out
+}
+
+/// Polls until `cond` holds (with a deadline well above Raft's election timeouts).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn leader_of(nodes: &[&Hot]) -> Option<usize> {
+    let leaders: Vec<usize> = nodes.iter().enumerate().filter(|(_, h)| h.raft.is_leader()).map(|(i, _)| i).collect();
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+fn create(name: &str) -> Command {
+    Command::CreateSupervisor(SupSpec {
+        name: name.into(),
+        strategy: supervisor::Strategy::OneForOne,
+        intensity: supervisor::Intensity::default(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_hot_nodes_form_a_group_replicate_and_survive_the_leaders_loss() {
+    let ca = TestCa::new();
+    let hot = hot_nodes(&ca, "form", &["hot-1", "hot-2", "hot-3"]).await;
+    let all: Vec<&Hot> = hot.iter().collect();
+    until("a leader and three voters", || {
+        leader_of(&all).is_some() && all.iter().all(|h| h.raft.status().voters.len() == 3)
+    })
+    .await;
+    let l = leader_of(&all).expect("leader");
+    let applied = within("propose", all[l].raft.propose(create("s1"))).await.expect("committed");
+    assert_eq!(applied.result, Ok(vec![]));
+    until("replicated to every hot node", || all.iter().all(|h| h.raft.read(|s| s.sups.contains_key("s1")))).await;
+    // A follower cannot propose: it names the leader.
+    let f = (l + 1) % 3;
+    match all[f].raft.propose(create("s2")).await {
+        Err(soma::raft::node::ProposeError::NotLeader(Some(name))) => assert_eq!(name, all[l].raft.status().name),
+        other => panic!("a follower must refuse with the leader's name: {other:?}"),
+    }
+
+    // The leader dies (its Raft, its gossip, its node).
+    all[l].raft.shutdown().await;
+    all[l].membership.stop().await;
+    all[l].node.shutdown(Duration::from_secs(1)).await;
+    let rest: Vec<&Hot> = all.iter().enumerate().filter(|(i, _)| *i != l).map(|(_, h)| *h).collect();
+    until("a new leader among the other two", || leader_of(&rest).is_some()).await;
+    let nl = leader_of(&rest).expect("new leader");
+    within("propose to the new leader", rest[nl].raft.propose(create("s2"))).await.expect("committed");
+    until("both survivors have everything", || {
+        rest.iter().all(|h| h.raft.read(|s| s.sups.contains_key("s1") && s.sups.contains_key("s2")))
+    })
+    .await;
+    for h in &rest {
+        h.raft.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_sees_no_majority_does_not_start_elections() {
+    let ca = TestCa::new();
+    let hot = hot_nodes(&ca, "guard", &["hot-1", "hot-2", "hot-3"]).await;
+    let all: Vec<&Hot> = hot.iter().collect();
+    until("a group of three", || leader_of(&all).is_some() && all.iter().all(|h| h.raft.status().voters.len() == 3))
+        .await;
+    assert!(all.iter().all(|h| h.raft.status().elections));
+    // Two nodes go silent in gossip: the third sees one voter of three (itself).
+    let l = leader_of(&all).expect("leader");
+    let lone = (l + 1) % 3;
+    for (i, h) in all.iter().enumerate() {
+        if i != lone {
+            h.membership.stop().await;
+        }
+    }
+    until("the lone node switches its elections off", || !all[lone].raft.status().elections).await;
+    for h in &all {
+        h.raft.shutdown().await;
+    }
+}
