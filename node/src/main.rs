@@ -143,6 +143,11 @@ enum Command {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// See and change the Raft group of the hot nodes (the replicated supervision state).
+    Raft {
+        #[command(subcommand)]
+        which: RaftCmd,
+    },
     /// Run a benchmark and print one JSON object per result line.
     Bench {
         #[command(subcommand)]
@@ -163,6 +168,29 @@ struct OutArgs {
     json: bool,
     #[command(flatten)]
     api: cli::client::ApiArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum RaftCmd {
+    /// Every hot node's view: state, term, leader, voters, last applied index.
+    Status {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Add a hot node to the group as a voter (sent to the leader).
+    Add {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Remove a node from the group for good (sent to the leader).
+    Remove {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,6 +331,8 @@ async fn operator(cmd: Command) -> anyhow::Result<()> {
         | Command::Send { api, .. }
         | Command::Call { api, .. }
         | Command::Kill { api, .. } => api,
+        Command::Raft { which: RaftCmd::Status { out } } => &out.api,
+        Command::Raft { which: RaftCmd::Add { api, .. } | RaftCmd::Remove { api, .. } } => api,
         Command::Node(_) | Command::Bench { .. } | Command::Cert { .. } => return Ok(()),
     };
     let api = cli::client::api(api_args)?;
@@ -361,6 +391,17 @@ async fn operator(cmd: Command) -> anyhow::Result<()> {
         Command::Tree { node, out } => {
             let path = node.map_or_else(|| "/v1/tree".to_owned(), |n| format!("/v1/tree?node={n}"));
             show(api.call(Method::GET, &path, None).await?, out.json, render_tree);
+        }
+        Command::Raft { which: RaftCmd::Status { out } } => {
+            show(api.call(Method::GET, "/v1/raft", None).await?, out.json, cli::client::render_raft)
+        }
+        Command::Raft { which: RaftCmd::Add { node, .. } } => {
+            let v = api.call(Method::POST, "/v1/raft/voters", Some(&serde_json::json!({ "node": node }))).await?;
+            println!("{}", pretty(&v));
+        }
+        Command::Raft { which: RaftCmd::Remove { node, .. } } => {
+            let v = api.call(Method::DELETE, &format!("/v1/raft/voters/{node}"), None).await?;
+            println!("{}", pretty(&v));
         }
         Command::Node(_) | Command::Bench { .. } | Command::Cert { .. } => {}
     }
@@ -449,7 +490,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     cli::init_logging(match cli.command {
-        Command::Node(_) => "info",
+        Command::Node(_) => "info,openraft=warn,openraft::replication=off",
         _ => "warn",
     });
     match cli.command {
@@ -465,7 +506,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Kill { .. }
         | Command::Groups { .. }
         | Command::Spawn { .. }
-        | Command::Tree { .. } => {
+        | Command::Tree { .. }
+        | Command::Raft { .. } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             rt.block_on(operator(cli.command))?;
         }

@@ -134,6 +134,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/groups", get(groups))
         .route("/v1/tree", get(tree))
         .route("/v1/spawn", post(spawn))
+        .route("/v1/raft", get(raft_status))
+        .route("/v1/raft/voters", post(raft_add))
+        .route("/v1/raft/voters/{node}", axum::routing::delete(raft_remove))
         .fallback(|| async { ApiError(AdminError::BadRequest("no such route (see docs/admin-api.md)".into())) })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -424,6 +427,36 @@ struct SpawnBody {
 async fn spawn(State(s): State<Arc<Shared>>, Json(b): Json<SpawnBody>) -> ApiResult {
     let args = b.args.to_string();
     Ok(Json(s.admin.spawn(&b.behaviour, &args, &b.placement, b.label).await?))
+}
+
+/// Every hot node's Raft status: `{"nodes": [{"node", "status"} | {"node", "error"}]}`.
+async fn raft_status(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let mut out = Vec::new();
+    for n in s.admin.node_names() {
+        match s.admin.on_node(&n, AdminOp::RaftStatus).await {
+            Ok(v) => out.push(json!({"node": n, "status": v})),
+            Err(AdminError::BadRequest(_)) => {} // a cold node: no Raft
+            Err(e) => out.push(json!({"node": n, "error": e.to_string()})),
+        }
+    }
+    Json(json!({ "nodes": out }))
+}
+
+#[derive(Deserialize)]
+struct VoterBody {
+    node: String,
+}
+
+/// Adds a hot node to the Raft group (sent to the leader).
+async fn raft_add(State(s): State<Arc<Shared>>, Json(b): Json<VoterBody>) -> ApiResult {
+    let leader = s.admin.raft_leader().await?;
+    Ok(Json(s.admin.on_node(&leader, AdminOp::RaftAdd(b.node)).await?))
+}
+
+/// Removes a node from the Raft group (sent to the leader).
+async fn raft_remove(State(s): State<Arc<Shared>>, Path(node): Path<String>) -> ApiResult {
+    let leader = s.admin.raft_leader().await?;
+    Ok(Json(s.admin.on_node(&leader, AdminOp::RaftRemove(node)).await?))
 }
 
 #[cfg(test)]

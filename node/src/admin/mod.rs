@@ -75,6 +75,12 @@ pub enum AdminOp {
     Status,
     /// The members as this node sees them (what [`Admin::nodes`] answers there).
     Members,
+    /// This node's Raft status (hot nodes).
+    RaftStatus,
+    /// Adds a hot node to the Raft group (ask the leader).
+    RaftAdd(String),
+    /// Removes a node from the Raft group (ask the leader).
+    RaftRemove(String),
     /// This node's processes (at most [`MAX_LIST`]).
     Ps,
     /// This node's supervision tree.
@@ -209,6 +215,7 @@ struct Subs {
 pub struct Admin {
     node: Node,
     membership: Option<Membership>,
+    raft: Option<crate::raft::node::RaftNode>,
     subs: std::sync::Arc<Subs>,
 }
 
@@ -240,11 +247,22 @@ impl Admin {
     /// The admin layer of `node`; with its `membership`, if it has one (for `nodes` and
     /// placement). On a distributed node it also starts serving routed operations for peers.
     pub fn new(node: Node, membership: Option<Membership>) -> Admin {
-        let admin = Admin { node, membership, subs: std::sync::Arc::default() };
-        if let Some(d) = admin.node.dist() {
-            d.set_rpc_service(ADMIN_SERVICE, std::sync::Arc::new(Service { admin: admin.clone() }));
-        }
+        let admin = Admin { node, membership, raft: None, subs: std::sync::Arc::default() };
+        admin.serve_peers();
         admin
+    }
+
+    /// The same admin layer, also answering for this node's Raft (a hot node).
+    pub fn with_raft(mut self, raft: Option<crate::raft::node::RaftNode>) -> Admin {
+        self.raft = raft;
+        self.serve_peers();
+        self
+    }
+
+    fn serve_peers(&self) {
+        if let Some(d) = self.node.dist() {
+            d.set_rpc_service(ADMIN_SERVICE, std::sync::Arc::new(Service { admin: self.clone() }));
+        }
     }
 
     /// The node this admin layer runs on.
@@ -294,6 +312,27 @@ impl Admin {
                 }])
             }
         }
+    }
+
+    /// The Raft leader's name as this node knows it (its own Raft, or a hot peer's).
+    pub async fn raft_leader(&self) -> Result<String, AdminError> {
+        if let Some(r) = &self.raft {
+            if let Some(l) = r.status().leader {
+                return Ok(l);
+            }
+        }
+        let hot: Vec<String> = match &self.membership {
+            Some(m) => m.members().into_iter().filter(|m| m.role == Role::Hot).map(|m| m.name).collect(),
+            None => Vec::new(),
+        };
+        for h in hot {
+            if let Ok(v) = self.on_node(&h, AdminOp::RaftStatus).await {
+                if let Some(l) = v.get("leader").and_then(Value::as_str) {
+                    return Ok(l.to_owned());
+                }
+            }
+        }
+        Err(AdminError::Unreachable("no Raft leader is known".into()))
     }
 
     /// Names of the nodes to ask for a cluster-wide listing (this node first).
@@ -454,6 +493,24 @@ impl Admin {
                 }))
             }
             AdminOp::Members => Ok(self.nodes()),
+            AdminOp::RaftStatus => match &self.raft {
+                Some(r) => serde_json::to_value(r.status()).map_err(|e| AdminError::Failed(e.to_string())),
+                None => Err(AdminError::BadRequest(format!("{} is not a hot node: it runs no Raft", node.id().name()))),
+            },
+            AdminOp::RaftAdd(ref name) | AdminOp::RaftRemove(ref name) => {
+                let add = matches!(op, AdminOp::RaftAdd(_));
+                let name = name.clone();
+                let r = self.raft.as_ref().ok_or_else(|| AdminError::BadRequest("not a hot node".into()))?;
+                let done = if add { r.add_voter(&name).await } else { r.remove(&name).await };
+                done.map_err(|e| match e {
+                    crate::raft::node::ProposeError::NotLeader(l) => AdminError::BadRequest(format!(
+                        "not the leader; ask {}",
+                        l.unwrap_or_else(|| "the leader".into())
+                    )),
+                    other => AdminError::Failed(other.to_string()),
+                })?;
+                Ok(serde_json::to_value(r.status()).map_err(|e| AdminError::Failed(e.to_string()))?)
+            }
             AdminOp::Ps => {
                 let list: Vec<Value> = node
                     .processes()

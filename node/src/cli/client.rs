@@ -160,6 +160,32 @@ pub fn render_groups(v: &Value) -> String {
     table(&["GROUP", "SIZE", "MEMBERS"], &rows)
 }
 
+/// `soma raft status`.
+pub fn render_raft(v: &Value) -> String {
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for n in v.get("nodes").and_then(Value::as_array).into_iter().flatten() {
+        match n.get("status") {
+            Some(st) => rows.push(vec![
+                s(n, "node"),
+                s(st, "state"),
+                s(st, "term"),
+                s(st, "leader"),
+                s(st, "voters"),
+                s(st, "last_applied"),
+                s(st, "elections"),
+            ]),
+            None => errors.push(format!("(node {} did not answer: {})", s(n, "node"), s(n, "error"))),
+        }
+    }
+    let mut out = table(&["NODE", "STATE", "TERM", "LEADER", "VOTERS", "APPLIED", "ELECTIONS"], &rows);
+    for e in errors {
+        out.push('\n');
+        out.push_str(&e);
+    }
+    out
+}
+
 /// `soma tree`.
 pub fn render_tree(v: &Value) -> String {
     fn walk(out: &mut Vec<String>, n: &Value, depth: usize) {

@@ -102,6 +102,10 @@ pub struct NodeArgs {
     /// How many processes this node is meant to hold (a placement weight). [default: 100000]
     #[arg(long, env = "SOMA_CAPACITY")]
     pub capacity: Option<u64>,
+    /// How many hot nodes form the Raft group on first start (the smallest-named of the first
+    /// N hot members founds it; later hot nodes are added by the leader). [default: 1]
+    #[arg(long, env = "SOMA_RAFT_VOTERS")]
+    pub raft_voters: Option<usize>,
     /// Gossip round interval, e.g. 100ms. [default: 100ms]
     #[arg(long, value_name = "DURATION", env = "SOMA_GOSSIP_INTERVAL", value_parser = parse_duration)]
     pub gossip_interval: Option<Duration>,
@@ -156,6 +160,8 @@ pub struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     /// See [`NodeArgs::capacity`].
     pub capacity: Option<u64>,
+    /// See [`NodeArgs::raft_voters`].
+    pub raft_voters: Option<usize>,
     /// See [`NodeArgs::gossip_interval`] (`"100ms"`).
     pub gossip_interval: Option<String>,
     /// See [`NodeArgs::phi`].
@@ -224,6 +230,8 @@ pub struct Settings {
     pub token: TokenSource,
     /// Placement weight.
     pub capacity: u64,
+    /// Raft group size on first start (hot nodes).
+    pub raft_voters: usize,
     /// Gossip interval.
     pub gossip_interval: Duration,
     /// Phi threshold.
@@ -321,6 +329,10 @@ pub fn resolve(args: &NodeArgs, file: &FileConfig) -> Result<Settings, String> {
         ));
     }
     let capacity = args.capacity.or(file.capacity).unwrap_or(100_000);
+    let raft_voters = args.raft_voters.or(file.raft_voters).unwrap_or(1);
+    if !(1..=15).contains(&raft_voters) {
+        return Err(format!("raft_voters must be 1..=15, not {raft_voters}"));
+    }
     let gossip_interval = match (args.gossip_interval, &file.gossip_interval) {
         (Some(d), _) => d,
         (None, Some(s)) => parse_duration(s).map_err(|e| format!("gossip_interval: {e}"))?,
@@ -348,6 +360,7 @@ pub fn resolve(args: &NodeArgs, file: &FileConfig) -> Result<Settings, String> {
         admin,
         token,
         capacity,
+        raft_voters,
         gossip_interval,
         phi,
         creation: args.creation.or(file.creation),

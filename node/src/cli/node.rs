@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use soma::admin::http::AdminServer;
 use soma::admin::Admin;
-use soma::membership::{Membership, MembershipConfig};
+use soma::membership::{Membership, MembershipConfig, Role};
+use soma::raft::node::{RaftConfig, RaftNode};
 use soma::tls::{NodeTls, Validity};
 use soma::{DistConfig, Node, NodeConfig, SpawnOpts};
 
@@ -119,7 +120,14 @@ async fn serve(s: Settings, tls: NodeTls, token: Option<String>) -> anyhow::Resu
         ..MembershipConfig::default()
     };
     let membership = Membership::join(&node, mcfg).await.context("joining the cluster")?;
-    let admin = Admin::new(node.clone(), Some(membership.clone()));
+    let raft = match s.role {
+        Role::Hot => {
+            let rcfg = RaftConfig::new(s.data_dir.join("raft"), s.raft_voters);
+            Some(RaftNode::start(&node, &membership, rcfg).await.context("starting Raft")?)
+        }
+        Role::Cold => None,
+    };
+    let admin = Admin::new(node.clone(), Some(membership.clone())).with_raft(raft.clone());
     let server = AdminServer::start(admin, s.admin, token).await.context("starting the admin API")?;
     tracing::info!(
         node = %node.id(),
@@ -145,6 +153,9 @@ async fn serve(s: Settings, tls: NodeTls, token: Option<String>) -> anyhow::Resu
     }
     membership.leave(LEAVE_GRACE).await;
     server.stop().await;
+    if let Some(r) = &raft {
+        r.shutdown().await;
+    }
     node.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!(node = %node.id(), "node stopped");
     stopped_by.map(|_| ())
