@@ -44,6 +44,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod csup;
 pub mod demo;
 pub mod dist;
 pub mod membership;

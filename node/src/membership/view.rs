@@ -35,6 +35,9 @@ pub mod keys {
     pub const LOAD_MAILBOX: &str = "load.mbox";
     /// `leaving` once the node has started a graceful leave.
     pub const STATUS: &str = "status";
+    /// Providers the node serves but has marked unavailable (rate-limited, breaker open),
+    /// comma-separated.
+    pub const PROVIDERS_DOWN: &str = "providers.down";
 }
 
 /// Longest provider list a member may advertise (G8).
@@ -110,6 +113,9 @@ pub struct Member {
     pub load: Load,
     /// It has announced a graceful leave.
     pub leaving: bool,
+    /// Providers it serves but has marked unavailable, sorted.
+    #[serde(default)]
+    pub unavailable: Vec<String>,
 }
 
 impl Member {
@@ -132,6 +138,7 @@ impl Member {
             capacity: 0,
             load: Load::default(),
             leaving: false,
+            unavailable: Vec::new(),
         };
         let mut problems = Vec::new();
         for (k, v) in kvs {
@@ -140,21 +147,8 @@ impl Member {
                     Ok(r) => m.role = r,
                     Err(e) => problems.push(e),
                 },
-                keys::PROVIDERS => {
-                    let mut ps: Vec<String> = v
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|p| !p.is_empty() && p.len() <= MAX_PROVIDER_LEN)
-                        .map(str::to_owned)
-                        .collect();
-                    ps.sort();
-                    ps.dedup();
-                    if ps.len() > MAX_PROVIDERS {
-                        problems.push(format!("{} providers, only the first {MAX_PROVIDERS} kept", ps.len()));
-                        ps.truncate(MAX_PROVIDERS);
-                    }
-                    m.providers = ps;
-                }
+                keys::PROVIDERS => m.providers = provider_list(v, &mut problems),
+                keys::PROVIDERS_DOWN => m.unavailable = provider_list(v, &mut problems),
                 keys::ADMIN => match v.parse() {
                     Ok(a) => m.admin = Some(a),
                     Err(_) => problems.push(format!("admin address {v:?} is not ip:port")),
@@ -169,9 +163,9 @@ impl Member {
         (m, problems)
     }
 
-    /// Whether the member serves `provider`.
+    /// Whether the member serves `provider` (and has not marked it unavailable).
     pub fn serves(&self, provider: &str) -> bool {
-        self.providers.iter().any(|p| p == provider)
+        self.providers.iter().any(|p| p == provider) && !self.unavailable.iter().any(|p| p == provider)
     }
 }
 
@@ -285,6 +279,23 @@ impl View {
         }
         events
     }
+}
+
+/// A comma-separated provider list from gossip: trimmed, sorted, deduplicated, bounded.
+fn provider_list(v: &str, problems: &mut Vec<String>) -> Vec<String> {
+    let mut ps: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && p.len() <= MAX_PROVIDER_LEN)
+        .map(str::to_owned)
+        .collect();
+    ps.sort();
+    ps.dedup();
+    if ps.len() > MAX_PROVIDERS {
+        problems.push(format!("{} providers, only the first {MAX_PROVIDERS} kept", ps.len()));
+        ps.truncate(MAX_PROVIDERS);
+    }
+    ps
 }
 
 #[cfg(test)]

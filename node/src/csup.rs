@@ -1,0 +1,459 @@
+//! Cluster supervision, the shell (Immune, cluster-wide): executes what the replicated
+//! supervision state machine ([`supervisor::cluster`]) decides.
+//!
+//! Two parts:
+//!
+//! * **On every node, the children service** (RPC service [`CHILDREN_SERVICE`]): starts a
+//!   supervised child at a generation, stops one, lists what runs here — through the node's
+//!   [`Fence`], so a start older than the newest generation seen is refused and an older
+//!   incarnation is stopped before a newer one starts (G6).
+//! * **On hot nodes, the supervisor loop** ([`ClusterSupervisor`]): acts only while its Raft is
+//!   the leader, and only on committed state. Each round it builds the view of the nodes from
+//!   membership, asks [`plan`] what to propose, proposes it, and executes the effects of what
+//!   was applied: starts children on nodes (then proposes `Running`, and monitors the child
+//!   from a watcher process), stops incarnations. A child's `Down` becomes an `Exited`
+//!   proposal; a lost node is seen by `plan` through the view. On becoming leader it
+//!   reconciles with every node (stale and orphaned incarnations stopped, missing ones
+//!   restarted).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_proto::codec::{decode_payload, encode_payload};
+use cluster_proto::control::SpawnArgs;
+use cluster_proto::{ExitReason, NodeId as SomaNodeId, Pid};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use supervisor::cluster::fence::{ChildKey, Fence, StartVerdict};
+use supervisor::cluster::plan::{plan, reconcile, PlanConfig, Report};
+use supervisor::cluster::{Cause, Command, Effect, NodeView, View};
+use supervisor::ExitClass;
+use tokio::sync::mpsc;
+
+use crate::dist::rpc::{RpcFuture, RpcService};
+use crate::membership::Membership;
+use crate::raft::node::RaftNode;
+use crate::{Behaviour, Context, Down, Error, Node, SpawnOpts};
+
+/// The RPC service number of the children service.
+pub const CHILDREN_SERVICE: u16 = 3;
+/// How often the supervisor loop runs a round when nothing wakes it.
+pub const ROUND: Duration = Duration::from_millis(100);
+/// Timeout of one order to a node.
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An order to a node's children service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Order {
+    /// Start a child at a generation.
+    Start {
+        /// Supervisor.
+        sup: String,
+        /// Child id.
+        child: String,
+        /// Its generation.
+        generation: u64,
+        /// Registered behaviour.
+        behaviour: String,
+        /// JSON arguments.
+        args: String,
+    },
+    /// Stop that incarnation (or an older one).
+    Stop {
+        /// Supervisor.
+        sup: String,
+        /// Child id.
+        child: String,
+        /// Generation.
+        generation: u64,
+    },
+    /// What supervised children run here.
+    List,
+}
+
+/// The answer to an [`Order`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum OrderAnswer {
+    /// Started (or already running) as this PID.
+    Started(String),
+    /// Refused: why (stale generation, unknown behaviour, init failed ...).
+    Refused(String),
+    /// Stopped an incarnation (true) or had none (false).
+    Stopped(bool),
+    /// The supervised children running here.
+    Running(Vec<Report>),
+}
+
+/// A node's supervised children and its fence.
+#[derive(Default)]
+struct Held {
+    fence: Fence,
+    pids: BTreeMap<ChildKey, (u64, Pid)>,
+}
+
+/// The children service of one node (see the module docs).
+#[derive(Clone)]
+pub struct Children {
+    node: Node,
+    held: Arc<Mutex<Held>>,
+}
+
+impl Children {
+    /// Serves orders on `node` (a distributed node).
+    pub fn install(node: &Node) -> Children {
+        let c = Children { node: node.clone(), held: Arc::default() };
+        if let Some(d) = node.dist() {
+            d.set_rpc_service(CHILDREN_SERVICE, Arc::new(c.clone()));
+        }
+        c
+    }
+
+    /// Stale starts refused so far (G6 fault tests check that none was accepted).
+    pub fn refused(&self) -> u64 {
+        self.held.lock().fence.refused()
+    }
+
+    /// The supervised children running here.
+    pub fn running(&self) -> Vec<Report> {
+        let h = self.held.lock();
+        h.pids
+            .iter()
+            .map(|((s, c), (g, p))| Report { sup: s.clone(), child: c.clone(), generation: *g, pid: p.to_string() })
+            .collect()
+    }
+
+    fn stop_pid(&self, pid: Pid) {
+        self.node.exit(pid, ExitReason::Shutdown);
+    }
+
+    async fn execute(&self, order: Order) -> OrderAnswer {
+        match order {
+            Order::Start { sup, child, generation, behaviour, args } => {
+                let key = (sup.clone(), child.clone());
+                let verdict = self.held.lock().fence.on_start(&key, generation);
+                match verdict {
+                    StartVerdict::Stale { newest } => {
+                        tracing::warn!(%sup, %child, generation, newest, "refused a stale start");
+                        return OrderAnswer::Refused(format!("stale generation {generation} (newest seen {newest})"));
+                    }
+                    StartVerdict::AlreadyRunning => {
+                        let pid = self.held.lock().pids.get(&key).map(|(_, p)| p.to_string());
+                        return OrderAnswer::Started(pid.unwrap_or_default());
+                    }
+                    StartVerdict::Start { stop_first } => {
+                        let old = self.held.lock().pids.remove(&key);
+                        if let Some((g, p)) = old {
+                            debug_assert!(stop_first.contains(&g) || stop_first.is_empty());
+                            tracing::info!(%sup, %child, old = g, new = generation, "stopping an older incarnation first");
+                            self.stop_pid(p);
+                        }
+                    }
+                }
+                let label = Some(format!("{sup}/{child}#{generation}"));
+                let spawned = match self.node.dist() {
+                    Some(d) => d.spawns.spawn_here(self.node.shared(), &behaviour, &SpawnArgs::Json(args), label, None),
+                    None => return OrderAnswer::Refused("not distributed".into()),
+                };
+                match spawned {
+                    Ok(pid) => {
+                        self.held.lock().pids.insert(key.clone(), (generation, pid));
+                        let me = self.clone();
+                        let exit = self.node.wait_exit(pid);
+                        tokio::spawn(async move {
+                            let _ = exit.await;
+                            let mut h = me.held.lock();
+                            h.fence.on_exit(&key, generation);
+                            if h.pids.get(&key).is_some_and(|(g, _)| *g == generation) {
+                                h.pids.remove(&key);
+                            }
+                        });
+                        tracing::info!(%sup, %child, generation, %pid, "started a supervised child");
+                        OrderAnswer::Started(pid.to_string())
+                    }
+                    Err(e) => {
+                        self.held.lock().fence.on_exit(&(sup.clone(), child.clone()), generation);
+                        OrderAnswer::Refused(e.to_string())
+                    }
+                }
+            }
+            Order::Stop { sup, child, generation } => {
+                let key = (sup, child);
+                let mut h = self.held.lock();
+                let stop = h.fence.on_stop(&key, generation);
+                let pid = match stop {
+                    Some(g) if h.pids.get(&key).is_some_and(|(pg, _)| *pg == g) => h.pids.remove(&key).map(|(_, p)| p),
+                    _ => None,
+                };
+                drop(h);
+                if let Some(p) = pid {
+                    self.stop_pid(p);
+                }
+                OrderAnswer::Stopped(pid.is_some())
+            }
+            Order::List => OrderAnswer::Running(self.running()),
+        }
+    }
+}
+
+impl RpcService for Children {
+    fn serve(&self, from: SomaNodeId, body: Vec<u8>) -> RpcFuture {
+        let me = self.clone();
+        Box::pin(async move {
+            let order: Order = decode_payload(&body).map_err(|e| format!("order from {from} does not decode: {e}"))?;
+            let answer = me.execute(order).await;
+            let mut out = Vec::new();
+            encode_payload(&mut out, &answer).map_err(|e| e.to_string())?;
+            Ok(out)
+        })
+    }
+}
+
+/// Sends an order to `node`'s children service (this node's own directly).
+async fn send_order(children: &Children, node: &str, order: Order) -> Result<OrderAnswer, String> {
+    if *children.node.id().name() == *node {
+        return Ok(children.execute(order).await);
+    }
+    let d = children.node.dist().cloned().ok_or("not distributed")?;
+    let mut body = Vec::new();
+    encode_payload(&mut body, &order).map_err(|e| e.to_string())?;
+    let (_, answer) = d.rpc(node, CHILDREN_SERVICE, body, ORDER_TIMEOUT).await.map_err(|e| e.to_string())?;
+    decode_payload(&answer).map_err(|e| e.to_string())
+}
+
+/// What the watcher tells the supervisor loop.
+#[derive(Debug)]
+enum Event {
+    Exited { sup: String, child: String, generation: u64, cause: Cause },
+    Started { sup: String, child: String, generation: u64, pid: Pid },
+    Wake,
+}
+
+/// Watches supervised children (a process, so it can monitor PIDs on any node).
+struct Watcher {
+    tx: mpsc::UnboundedSender<Event>,
+    watched: BTreeMap<cluster_proto::MonitorRef, (String, String, u64)>,
+}
+
+/// A child to watch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Watch {
+    sup: String,
+    child: String,
+    generation: u64,
+    pid: Pid,
+}
+
+impl Behaviour for Watcher {
+    type Args = mpsc::UnboundedSender<Event>;
+    type Msg = Watch;
+    type Call = ();
+    type Reply = ();
+
+    fn name() -> &'static str {
+        "soma.csup.watcher"
+    }
+
+    async fn init(_: &mut Context<Self>, tx: Self::Args) -> Result<Self, Error> {
+        Ok(Watcher { tx, watched: BTreeMap::new() })
+    }
+
+    async fn handle(&mut self, ctx: &mut Context<Self>, w: Watch) -> Result<(), Error> {
+        let m = ctx.monitor(w.pid);
+        self.watched.insert(m, (w.sup, w.child, w.generation));
+        Ok(())
+    }
+
+    async fn handle_down(&mut self, _: &mut Context<Self>, down: Down) -> Result<(), Error> {
+        if let Some((sup, child, generation)) = self.watched.remove(&down.monitor) {
+            // A lost node is the view's business (plan sees it); every other reason is an exit.
+            if down.reason != ExitReason::NoConnection {
+                let class = match &down.reason {
+                    ExitReason::Normal => ExitClass::Normal,
+                    ExitReason::Shutdown => ExitClass::Shutdown,
+                    _ => ExitClass::Abnormal,
+                };
+                let cause = Cause::Exit(class, down.reason.to_string());
+                let _ = self.tx.send(Event::Exited { sup, child, generation, cause });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cluster supervisor of a hot node (see the module docs).
+#[derive(Clone)]
+pub struct ClusterSupervisor {
+    raft: RaftNode,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl ClusterSupervisor {
+    /// Starts the supervisor loop on a hot node.
+    pub fn start(
+        node: &Node,
+        membership: &Membership,
+        raft: &RaftNode,
+        children: &Children,
+    ) -> Result<ClusterSupervisor, crate::SpawnError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watcher = node.spawn::<Watcher>(tx.clone(), SpawnOpts::labeled("cluster-supervisor watcher"))?;
+        let cs = ClusterSupervisor { raft: raft.clone(), tx: tx.clone() };
+        tokio::spawn(run(raft.clone(), membership.clone(), children.clone(), watcher.pid(), node.clone(), tx, rx));
+        Ok(cs)
+    }
+
+    /// Proposes an operator's command (create, add, remove); answers once committed.
+    pub async fn propose(&self, cmd: Command) -> Result<crate::raft::Applied, crate::raft::node::ProposeError> {
+        let r = self.raft.propose(cmd).await;
+        let _ = self.tx.send(Event::Wake);
+        r
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn view_of(membership: &Membership) -> View {
+    membership
+        .members()
+        .into_iter()
+        .map(|m| {
+            let v = NodeView {
+                name: m.name.clone(),
+                role: m.role.as_str().to_owned(),
+                providers: m.providers.clone(),
+                unavailable: m.unavailable.clone(),
+                load: m.load.processes,
+                capacity: m.capacity,
+                leaving: m.leaving,
+            };
+            (m.name, v)
+        })
+        .collect()
+}
+
+async fn run(
+    raft: RaftNode,
+    membership: Membership,
+    children: Children,
+    watcher: Pid,
+    node: Node,
+    tx: mpsc::UnboundedSender<Event>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) {
+    let cfg = PlanConfig::default();
+    let mut was_leader = false;
+    let mut members = membership.subscribe();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => match e { Some(e) => Some(e), None => return },
+            _ = members.recv() => Some(Event::Wake),
+            _ = tokio::time::sleep(ROUND) => None,
+        };
+        let leader = raft.is_leader();
+        if !leader {
+            was_leader = false;
+            continue;
+        }
+        let mut proposals: Vec<Command> = Vec::new();
+        match event {
+            Some(Event::Exited { sup, child, generation, cause }) => {
+                proposals.push(Command::Exited { sup, child, generation, cause, at_ms: now_ms() });
+            }
+            Some(Event::Started { sup, child, generation, pid }) => {
+                let _ = node.send(watcher, Watch { sup: sup.clone(), child: child.clone(), generation, pid });
+                proposals.push(Command::Running { sup, child, generation, pid: pid.to_string() });
+            }
+            Some(Event::Wake) | None => {}
+        }
+        if !was_leader {
+            was_leader = true;
+            // A new leader reconciles with every node before acting.
+            for (name, _) in view_of(&membership) {
+                if let Ok(OrderAnswer::Running(reports)) = send_order(&children, &name, Order::List).await {
+                    let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
+                    for stop in r.stops {
+                        execute(&children, &raft, &tx, stop);
+                    }
+                    proposals.extend(r.commands);
+                    // Watch what is confirmed running.
+                    for rep in &reports {
+                        if let Ok(pid) = rep.pid.parse::<Pid>() {
+                            let _ = node.send(
+                                watcher,
+                                Watch {
+                                    sup: rep.sup.clone(),
+                                    child: rep.child.clone(),
+                                    generation: rep.generation,
+                                    pid,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let view = view_of(&membership);
+        proposals.extend(raft.read(|s| plan(s, &view, now_ms(), &cfg)));
+        for cmd in proposals {
+            match raft.propose(cmd).await {
+                Ok(applied) => {
+                    if let Ok(effects) = applied.result {
+                        for e in effects {
+                            execute(&children, &raft, &tx, e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "proposal not committed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Executes one effect on its own task.
+fn execute(children: &Children, raft: &RaftNode, tx: &mpsc::UnboundedSender<Event>, e: Effect) {
+    let children = children.clone();
+    let tx = tx.clone();
+    let spec = match &e {
+        Effect::Start { sup, child, .. } => raft.read(|s| s.child(sup, child).map(|c| c.spec.clone())),
+        Effect::Stop { .. } => None,
+    };
+    tokio::spawn(async move {
+        match e {
+            Effect::Start { node, sup, child, generation } => {
+                let Some(spec) = spec else { return };
+                let order = Order::Start {
+                    sup: sup.clone(),
+                    child: child.clone(),
+                    generation,
+                    behaviour: spec.behaviour,
+                    args: spec.args,
+                };
+                match send_order(&children, &node, order).await {
+                    Ok(OrderAnswer::Started(pid)) => match pid.parse::<Pid>() {
+                        Ok(pid) => {
+                            let _ = tx.send(Event::Started { sup, child, generation, pid });
+                        }
+                        Err(e) => tracing::warn!(%node, error = %e, "a node answered a start with a bad PID"),
+                    },
+                    Ok(OrderAnswer::Refused(why)) => {
+                        let _ = tx.send(Event::Exited { sup, child, generation, cause: Cause::StartFailed(why) });
+                    }
+                    Ok(other) => tracing::warn!(%node, ?other, "odd answer to a start"),
+                    // Unreachable: the view will show the node lost, or the start times out.
+                    Err(e) => tracing::debug!(%node, error = %e, "start order not delivered"),
+                }
+            }
+            Effect::Stop { node, sup, child, generation } => {
+                if let Err(e) = send_order(&children, &node, Order::Stop { sup, child, generation }).await {
+                    tracing::debug!(%node, error = %e, "stop order not delivered (reconcile will catch it)");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,124 @@
+//! Cluster supervision end to end, in one process on loopback (real QUIC + mTLS, real sled):
+//! a hot node's Raft-backed supervisor places a child on a cold node of its provider, restarts
+//! it in place when it crashes, and moves it to another node of the same provider when its node
+//! is lost — with exactly one incarnation at every end (G5, G6).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use soma::csup::{Children, ClusterSupervisor};
+use soma::membership::{Membership, MembershipConfig, Role, Seed};
+use soma::raft::node::{RaftConfig, RaftNode};
+use soma::{Node, Pid};
+use soma_tests::cluster::TestCa;
+use soma_tests::within;
+use supervisor::cluster::placement::PlacementSpec;
+use supervisor::cluster::{ChildSpec, Command, Phase, SupSpec};
+use supervisor::{Intensity, RestartType, Strategy};
+
+fn seed_of(node: &Node) -> Seed {
+    Seed { name: node.id().name().to_string(), host: node.local_addr().expect("distributed").to_string() }
+}
+
+struct Member {
+    node: Node,
+    membership: Membership,
+    children: Children,
+}
+
+async fn member(ca: &TestCa, name: &str, role: Role, providers: &[&str], seed: Option<&Node>) -> Member {
+    let node = ca.node(name, 1);
+    soma::demo::register(&node).expect("demo behaviours");
+    let cfg = MembershipConfig {
+        role,
+        providers: providers.iter().map(|p| p.to_string()).collect(),
+        seeds: seed.map(|s| vec![seed_of(s)]).unwrap_or_default(),
+        ..MembershipConfig::default()
+    };
+    let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
+    let children = Children::install(&node);
+    Member { node, membership, children }
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn running_on(raft: &RaftNode) -> Option<(String, u64, Pid)> {
+    raft.read(|s| {
+        let c = s.child("agents", "w1")?;
+        if c.phase != Phase::Running {
+            return None;
+        }
+        Some((c.node.clone()?, c.generation, c.pid.as_ref()?.parse().ok()?))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_lost() {
+    let ca = TestCa::new();
+    let hot = member(&ca, "hot-1", Role::Hot, &[], None).await;
+    let cold_a = member(&ca, "cold-a", Role::Cold, &["openai"], Some(&hot.node)).await;
+    let cold_b = member(&ca, "cold-b", Role::Cold, &["openai"], Some(&hot.node)).await;
+    let cold_c = member(&ca, "cold-c", Role::Cold, &["anthropic"], Some(&hot.node)).await;
+    until("membership converged", || hot.membership.len() == 4).await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
+    until("a leader", || raft.is_leader()).await;
+    let sup = ClusterSupervisor::start(&hot.node, &hot.membership, &raft, &hot.children).expect("supervisor");
+
+    sup.propose(Command::CreateSupervisor(SupSpec {
+        name: "agents".into(),
+        strategy: Strategy::OneForOne,
+        intensity: Intensity::new(10, 10_000),
+    }))
+    .await
+    .expect("create");
+    let spec = ChildSpec {
+        id: "w1".into(),
+        behaviour: "demo.counter".into(),
+        args: "7".into(),
+        restart: RestartType::Permanent,
+        placement: PlacementSpec {
+            role: Some("cold".into()),
+            providers: vec!["openai".into()],
+            ..PlacementSpec::default()
+        },
+    };
+    sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
+
+    until("w1 running on an openai node", || running_on(&raft).is_some()).await;
+    let (node1, gen1, pid1) = running_on(&raft).expect("running");
+    assert!(node1 == "cold-a" || node1 == "cold-b", "placed by provider: {node1}");
+    let colds = [&cold_a, &cold_b, &cold_c];
+    let host = colds.iter().find(|m| *m.node.id().name() == *node1).expect("its node");
+    assert!(host.node.is_alive(pid1));
+
+    // A crash: restarted in place, new generation, new PID; the old one is gone.
+    host.node.kill(pid1);
+    until("w1 restarted", || running_on(&raft).is_some_and(|(_, g, _)| g > gen1)).await;
+    let (node2, gen2, pid2) = running_on(&raft).expect("running");
+    assert_eq!(node2, node1, "a crash restarts on the same healthy node");
+    assert_ne!(pid2, pid1);
+
+    // Its node is lost: the child moves to the other openai node, never to the anthropic one.
+    host.membership.stop().await;
+    host.node.shutdown(Duration::from_secs(1)).await;
+    until("w1 moved", || running_on(&raft).is_some_and(|(n, g, _)| g > gen2 && n != node1)).await;
+    let (node3, _, pid3) = running_on(&raft).expect("running");
+    let other = if node1 == "cold-a" { "cold-b" } else { "cold-a" };
+    assert_eq!(node3, other);
+    let survivor = colds.iter().find(|m| *m.node.id().name() == *other).expect("other");
+    assert!(survivor.node.is_alive(pid3));
+    // Exactly one incarnation runs, and no stale start was accepted anywhere.
+    let incarnations: usize = [&cold_c, survivor].iter().map(|m| m.children.running().len()).sum();
+    assert_eq!(incarnations, 1);
+    assert_eq!(survivor.children.refused() + cold_c.children.refused(), 0);
+    raft.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
