@@ -143,6 +143,25 @@ enum Command {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// Cluster supervisors (Raft-replicated, run by the leader): create, add and remove children,
+    /// list with each child's live status and where it runs.
+    Sup {
+        #[command(subcommand)]
+        which: SupCmd,
+    },
+    /// Mark a provider of a node unavailable (down) or available again (up), in gossip: the
+    /// cluster supervisor moves children off it.
+    Provider {
+        /// `up` or `down`.
+        #[arg(value_parser = ["up", "down"])]
+        state: String,
+        /// The node.
+        node: String,
+        /// The provider.
+        provider: String,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
     /// See and change the Raft group of the hot nodes (the replicated supervision state).
     Raft {
         #[command(subcommand)]
@@ -168,6 +187,69 @@ struct OutArgs {
     json: bool,
     #[command(flatten)]
     api: cli::client::ApiArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum SupCmd {
+    /// Create a cluster supervisor.
+    Create {
+        /// Its name.
+        name: String,
+        /// one_for_one, one_for_all or rest_for_one.
+        #[arg(long, default_value = "one_for_one")]
+        strategy: String,
+        /// Restarts tolerated within the period before it gives up.
+        #[arg(long, default_value_t = 3)]
+        max_restarts: u32,
+        /// The period.
+        #[arg(long, default_value = "5s", value_parser = cli::parse_duration)]
+        period: Duration,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Add a child: a registered behaviour, placed by role and providers (in preference order).
+    Add {
+        /// The supervisor.
+        sup: String,
+        /// The child's id.
+        id: String,
+        /// The behaviour's registered name.
+        behaviour: String,
+        /// Its arguments as JSON.
+        #[arg(default_value = "null")]
+        args: String,
+        /// permanent, transient or temporary.
+        #[arg(long, default_value = "permanent")]
+        restart: String,
+        /// Only nodes of this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// A provider (repeatable; earlier preferred).
+        #[arg(long = "provider", value_name = "NAME")]
+        providers: Vec<String>,
+        /// Prefer nodes with fewer children of this supervisor.
+        #[arg(long)]
+        spread: bool,
+        /// Never on this node (repeatable).
+        #[arg(long = "avoid", value_name = "NODE")]
+        avoid: Vec<String>,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// Remove a child (stopping it), or a whole supervisor.
+    Remove {
+        /// The supervisor.
+        sup: String,
+        /// The child (the whole supervisor if omitted).
+        id: Option<String>,
+        #[command(flatten)]
+        api: cli::client::ApiArgs,
+    },
+    /// List cluster supervisors and their children (status, node, PID, generation).
+    List {
+        #[command(flatten)]
+        out: OutArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -332,6 +414,9 @@ async fn operator(cmd: Command) -> anyhow::Result<()> {
         | Command::Call { api, .. }
         | Command::Kill { api, .. } => api,
         Command::Raft { which: RaftCmd::Status { out } } => &out.api,
+        Command::Sup { which: SupCmd::List { out } } => &out.api,
+        Command::Sup { which: SupCmd::Create { api, .. } | SupCmd::Add { api, .. } | SupCmd::Remove { api, .. } }
+        | Command::Provider { api, .. } => api,
         Command::Raft { which: RaftCmd::Add { api, .. } | RaftCmd::Remove { api, .. } } => api,
         Command::Node(_) | Command::Bench { .. } | Command::Cert { .. } => return Ok(()),
     };
@@ -401,6 +486,33 @@ async fn operator(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Raft { which: RaftCmd::Remove { node, .. } } => {
             let v = api.call(Method::DELETE, &format!("/v1/raft/voters/{node}"), None).await?;
+            println!("{}", pretty(&v));
+        }
+        Command::Sup { which: SupCmd::List { out } } => {
+            show(api.call(Method::GET, "/v1/sups", None).await?, out.json, cli::client::render_sups)
+        }
+        Command::Sup { which: SupCmd::Create { name, strategy, max_restarts, period, .. } } => {
+            let body = serde_json::json!({"name": name, "strategy": strategy, "max_restarts": max_restarts,
+                                          "period_ms": period.as_millis() as u64});
+            println!("{}", pretty(&api.call(Method::POST, "/v1/sups", Some(&body)).await?));
+        }
+        Command::Sup {
+            which: SupCmd::Add { sup, id, behaviour, args, restart, role, providers, spread, avoid, .. },
+        } => {
+            let body = serde_json::json!({"id": id, "behaviour": behaviour, "args": json_arg(&args)?, "restart": restart,
+                                          "role": role, "providers": providers, "spread": spread, "avoid": avoid});
+            println!("{}", pretty(&api.call(Method::POST, &format!("/v1/sups/{sup}/children"), Some(&body)).await?));
+        }
+        Command::Sup { which: SupCmd::Remove { sup, id, .. } } => {
+            let path = match id {
+                Some(c) => format!("/v1/sups/{sup}/children/{c}"),
+                None => format!("/v1/sups/{sup}"),
+            };
+            println!("{}", pretty(&api.call(Method::DELETE, &path, None).await?));
+        }
+        Command::Provider { state, node, provider, .. } => {
+            let body = serde_json::json!({ "available": state == "up" });
+            let v = api.call(Method::PUT, &format!("/v1/nodes/{node}/providers/{provider}"), Some(&body)).await?;
             println!("{}", pretty(&v));
         }
         Command::Node(_) | Command::Bench { .. } | Command::Cert { .. } => {}
@@ -507,7 +619,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Groups { .. }
         | Command::Spawn { .. }
         | Command::Tree { .. }
-        | Command::Raft { .. } => {
+        | Command::Raft { .. }
+        | Command::Sup { .. }
+        | Command::Provider { .. } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             rt.block_on(operator(cli.command))?;
         }

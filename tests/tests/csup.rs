@@ -49,8 +49,12 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn running_on(raft: &RaftNode) -> Option<(String, u64, Pid)> {
+    running(raft, "w1")
+}
+
+fn running(raft: &RaftNode, id: &str) -> Option<(String, u64, Pid)> {
     raft.read(|s| {
-        let c = s.child("agents", "w1")?;
+        let c = s.child("agents", id)?;
         if c.phase != Phase::Running {
             return None;
         }
@@ -119,6 +123,60 @@ async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_
     let incarnations: usize = [&cold_c, survivor].iter().map(|m| m.children.running().len()).sum();
     assert_eq!(incarnations, 1);
     assert_eq!(survivor.children.refused() + cold_c.children.refused(), 0);
+    raft.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_an_unavailable_provider_moves_children_to_the_next_preference_and_a_missing_one_waits() {
+    let ca = TestCa::new();
+    let hot = member(&ca, "hot-1", Role::Hot, &[], None).await;
+    let cold_a = member(&ca, "cold-a", Role::Cold, &["openai"], Some(&hot.node)).await;
+    let cold_c = member(&ca, "cold-c", Role::Cold, &["anthropic"], Some(&hot.node)).await;
+    until("membership converged", || hot.membership.len() == 3).await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-prov-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
+    until("a leader", || raft.is_leader()).await;
+    let sup = ClusterSupervisor::start(&hot.node, &hot.membership, &raft, &hot.children).expect("supervisor");
+    sup.propose(Command::CreateSupervisor(SupSpec {
+        name: "agents".into(),
+        strategy: Strategy::OneForOne,
+        intensity: Intensity::new(10, 10_000),
+    }))
+    .await
+    .expect("create");
+    let child = |id: &str, providers: &[&str]| ChildSpec {
+        id: id.into(),
+        behaviour: "demo.echo".into(),
+        args: "null".into(),
+        restart: RestartType::Permanent,
+        placement: PlacementSpec {
+            role: Some("cold".into()),
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            ..PlacementSpec::default()
+        },
+    };
+    sup.propose(Command::AddChild { sup: "agents".into(), spec: child("w1", &["anthropic", "openai"]) })
+        .await
+        .expect("add");
+    sup.propose(Command::AddChild { sup: "agents".into(), spec: child("w2", &["mistral"]) }).await.expect("add");
+    until("w1 on the anthropic node", || running_on(&raft).is_some_and(|(n, _, _)| n == "cold-c")).await;
+    let pending = |id: &str| raft.read(|s| matches!(s.child("agents", id).map(|c| &c.phase), Some(Phase::Pending(_))));
+    until("w2 pending: nobody serves mistral", || pending("w2")).await;
+
+    // anthropic becomes unavailable on cold-c: w1 moves to the next preference, openai.
+    cold_c.membership.set_key(soma::membership::view::keys::PROVIDERS_DOWN, "anthropic").await;
+    until("w1 on the openai node", || running_on(&raft).is_some_and(|(n, _, _)| n == "cold-a")).await;
+    let provider = raft.read(|s| s.child("agents", "w1").and_then(|c| c.provider.clone()));
+    assert_eq!(provider.as_deref(), Some("openai"));
+    until("the anthropic incarnation is stopped", || cold_c.children.running().is_empty()).await;
+    assert_eq!(cold_a.children.running().len(), 1);
+
+    // A node serving mistral joins: w2 starts there.
+    let cold_m = member(&ca, "cold-m", Role::Cold, &["mistral"], Some(&hot.node)).await;
+    until("w2 running on the mistral node", || cold_m.children.running().len() == 1).await;
+    assert!(!pending("w2"));
     raft.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -135,6 +135,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tree", get(tree))
         .route("/v1/spawn", post(spawn))
         .route("/v1/raft", get(raft_status))
+        .route("/v1/sups", get(sup_list).post(sup_create))
+        .route("/v1/sups/{sup}", axum::routing::delete(sup_remove))
+        .route("/v1/sups/{sup}/children", post(sup_add))
+        .route("/v1/sups/{sup}/children/{child}", axum::routing::delete(sup_remove_child))
+        .route("/v1/nodes/{node}/providers/{provider}", put(provider_status))
         .route("/v1/raft/voters", post(raft_add))
         .route("/v1/raft/voters/{node}", axum::routing::delete(raft_remove))
         .fallback(|| async { ApiError(AdminError::BadRequest("no such route (see docs/admin-api.md)".into())) })
@@ -233,13 +238,22 @@ async fn processes(State(s): State<Arc<Shared>>, Query(q): Query<NodeQuery>) -> 
 }
 
 async fn tree(State(s): State<Arc<Shared>>, Query(q): Query<NodeQuery>) -> ApiResult {
-    match q.node {
+    let mut out = match q.node {
         Some(n) => {
             let t = s.admin.on_node(&n, AdminOp::Tree).await?;
-            Ok(Json(json!({"nodes": [{"node": n, "tree": t}]})))
+            json!({"nodes": [{"node": n, "tree": t}]})
         }
-        None => Ok(Json(s.admin.tree_all().await)),
+        None => s.admin.tree_all().await,
+    };
+    // The cluster supervisors (committed state, from the Raft leader), if there is a leader.
+    let cluster = match s.admin.raft_leader().await {
+        Ok(l) => s.admin.on_node(&l, AdminOp::SupList).await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    if let Some(o) = out.as_object_mut() {
+        o.insert("cluster".into(), cluster);
     }
+    Ok(Json(out))
 }
 
 async fn info(State(s): State<Arc<Shared>>, Path(p): Path<String>) -> ApiResult {
@@ -457,6 +471,95 @@ async fn raft_add(State(s): State<Arc<Shared>>, Json(b): Json<VoterBody>) -> Api
 async fn raft_remove(State(s): State<Arc<Shared>>, Path(node): Path<String>) -> ApiResult {
     let leader = s.admin.raft_leader().await?;
     Ok(Json(s.admin.on_node(&leader, AdminOp::RaftRemove(node)).await?))
+}
+
+async fn propose(s: &Shared, cmd: supervisor::cluster::Command) -> ApiResult {
+    let leader = s.admin.raft_leader().await?;
+    Ok(Json(s.admin.on_node(&leader, AdminOp::SupPropose(cmd)).await?))
+}
+
+/// The committed cluster supervisors, children, where each runs and its live status.
+async fn sup_list(State(s): State<Arc<Shared>>) -> ApiResult {
+    let leader = s.admin.raft_leader().await?;
+    Ok(Json(s.admin.on_node(&leader, AdminOp::SupList).await?))
+}
+
+#[derive(Deserialize)]
+struct SupBody {
+    name: String,
+    strategy: Option<String>,
+    max_restarts: Option<u32>,
+    period_ms: Option<u64>,
+}
+
+async fn sup_create(State(s): State<Arc<Shared>>, Json(b): Json<SupBody>) -> ApiResult {
+    let strategy = match b.strategy.as_deref() {
+        None => supervisor::Strategy::OneForOne,
+        Some(t) => t.parse().map_err(|e| ApiError(AdminError::BadRequest(format!("strategy: {e}"))))?,
+    };
+    let d = supervisor::Intensity::default();
+    let intensity =
+        supervisor::Intensity::new(b.max_restarts.unwrap_or(d.max_restarts), b.period_ms.unwrap_or(d.period_ms));
+    let spec = supervisor::cluster::SupSpec { name: b.name, strategy, intensity };
+    propose(&s, supervisor::cluster::Command::CreateSupervisor(spec)).await
+}
+
+async fn sup_remove(State(s): State<Arc<Shared>>, Path(sup): Path<String>) -> ApiResult {
+    propose(&s, supervisor::cluster::Command::RemoveSupervisor { sup }).await
+}
+
+#[derive(Deserialize)]
+struct ChildBody {
+    id: String,
+    behaviour: String,
+    #[serde(default)]
+    args: Value,
+    restart: Option<String>,
+    role: Option<String>,
+    #[serde(default)]
+    providers: Vec<String>,
+    #[serde(default)]
+    spread: bool,
+    #[serde(default)]
+    avoid: Vec<String>,
+}
+
+async fn sup_add(State(s): State<Arc<Shared>>, Path(sup): Path<String>, Json(b): Json<ChildBody>) -> ApiResult {
+    let restart = match b.restart.as_deref() {
+        None => supervisor::RestartType::Permanent,
+        Some(t) => t.parse().map_err(|e| ApiError(AdminError::BadRequest(format!("restart: {e}"))))?,
+    };
+    let spec = supervisor::cluster::ChildSpec {
+        id: b.id,
+        behaviour: b.behaviour,
+        args: b.args.to_string(),
+        restart,
+        placement: supervisor::cluster::PlacementSpec {
+            role: b.role,
+            providers: b.providers,
+            spread: b.spread,
+            avoid: b.avoid,
+        },
+    };
+    propose(&s, supervisor::cluster::Command::AddChild { sup, spec }).await
+}
+
+async fn sup_remove_child(State(s): State<Arc<Shared>>, Path((sup, child)): Path<(String, String)>) -> ApiResult {
+    propose(&s, supervisor::cluster::Command::RemoveChild { sup, child }).await
+}
+
+#[derive(Deserialize)]
+struct ProviderBody {
+    available: bool,
+}
+
+/// Marks a provider of a node available or not (until the provider layer sets it itself).
+async fn provider_status(
+    State(s): State<Arc<Shared>>,
+    Path((node, provider)): Path<(String, String)>,
+    Json(b): Json<ProviderBody>,
+) -> ApiResult {
+    Ok(Json(s.admin.on_node(&node, AdminOp::Provider(provider, b.available)).await?))
 }
 
 #[cfg(test)]

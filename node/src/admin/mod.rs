@@ -81,6 +81,13 @@ pub enum AdminOp {
     RaftAdd(String),
     /// Removes a node from the Raft group (ask the leader).
     RaftRemove(String),
+    /// Proposes a cluster-supervision change (ask the leader); answers the state machine's
+    /// verdict.
+    SupPropose(supervisor::cluster::Command),
+    /// The committed cluster-supervision state (any hot node).
+    SupList,
+    /// Marks a provider of this node available (true) or not (false), in gossip.
+    Provider(String, bool),
     /// This node's processes (at most [`MAX_LIST`]).
     Ps,
     /// This node's supervision tree.
@@ -216,6 +223,7 @@ pub struct Admin {
     node: Node,
     membership: Option<Membership>,
     raft: Option<crate::raft::node::RaftNode>,
+    csup: Option<crate::csup::ClusterSupervisor>,
     subs: std::sync::Arc<Subs>,
 }
 
@@ -247,7 +255,7 @@ impl Admin {
     /// The admin layer of `node`; with its `membership`, if it has one (for `nodes` and
     /// placement). On a distributed node it also starts serving routed operations for peers.
     pub fn new(node: Node, membership: Option<Membership>) -> Admin {
-        let admin = Admin { node, membership, raft: None, subs: std::sync::Arc::default() };
+        let admin = Admin { node, membership, raft: None, csup: None, subs: std::sync::Arc::default() };
         admin.serve_peers();
         admin
     }
@@ -255,6 +263,13 @@ impl Admin {
     /// The same admin layer, also answering for this node's Raft (a hot node).
     pub fn with_raft(mut self, raft: Option<crate::raft::node::RaftNode>) -> Admin {
         self.raft = raft;
+        self.serve_peers();
+        self
+    }
+
+    /// The same admin layer, also proposing cluster-supervision changes (a hot node).
+    pub fn with_cluster_supervisor(mut self, csup: Option<crate::csup::ClusterSupervisor>) -> Admin {
+        self.csup = csup;
         self.serve_peers();
         self
     }
@@ -493,6 +508,38 @@ impl Admin {
                 }))
             }
             AdminOp::Members => Ok(self.nodes()),
+            AdminOp::SupPropose(cmd) => {
+                let c = self.csup.as_ref().ok_or_else(|| AdminError::BadRequest("not a hot node".into()))?;
+                let applied = c.propose(cmd).await.map_err(|e| match e {
+                    crate::raft::node::ProposeError::NotLeader(l) => {
+                        AdminError::Busy(format!("not the leader (leader: {})", l.unwrap_or_else(|| "unknown".into())))
+                    }
+                    other => AdminError::Failed(other.to_string()),
+                })?;
+                match applied.result {
+                    Ok(_) => Ok(json!({ "committed": applied.index })),
+                    Err(rejected) => Err(AdminError::BadRequest(format!("rejected: {rejected}"))),
+                }
+            }
+            AdminOp::SupList => {
+                let r = self.raft.as_ref().ok_or_else(|| AdminError::BadRequest("not a hot node".into()))?;
+                Ok(r.read(sup_json))
+            }
+            AdminOp::Provider(provider, up) => {
+                let m = self.membership.as_ref().ok_or_else(|| AdminError::BadRequest("no membership".into()))?;
+                let me = m.member(&node.id().name()).ok_or_else(|| AdminError::Failed("not a member yet".into()))?;
+                if !me.providers.contains(&provider) {
+                    return Err(AdminError::BadRequest(format!("{} does not serve {provider}", node.id().name())));
+                }
+                let mut down: Vec<String> = me.unavailable.clone();
+                down.retain(|p| *p != provider);
+                if !up {
+                    down.push(provider.clone());
+                }
+                down.sort();
+                m.set_key(crate::membership::view::keys::PROVIDERS_DOWN, &down.join(",")).await;
+                Ok(json!({ "node": &*node.id().name(), "provider": provider, "available": up }))
+            }
             AdminOp::RaftStatus => match &self.raft {
                 Some(r) => serde_json::to_value(r.status()).map_err(|e| AdminError::Failed(e.to_string())),
                 None => Err(AdminError::BadRequest(format!("{} is not a hot node: it runs no Raft", node.id().name()))),
@@ -673,6 +720,56 @@ impl Admin {
             }
         }
     }
+}
+
+/// The committed cluster-supervision state as JSON (`soma sup list`, `soma tree`).
+pub fn sup_json(s: &supervisor::cluster::ClusterState) -> Value {
+    use supervisor::cluster::{Phase, SupStatus};
+    let sups: Vec<Value> = s
+        .sups
+        .values()
+        .map(|st| {
+            let children: Vec<Value> = st
+                .order
+                .iter()
+                .filter_map(|id| st.children.get(id))
+                .map(|c| {
+                    let (status, pending) = match &c.phase {
+                        Phase::Running => ("running", None),
+                        Phase::Starting | Phase::Waiting => ("restarting", None),
+                        Phase::Pending(why) => ("pending", Some(why.clone())),
+                        Phase::Stopped => ("stopped", None),
+                    };
+                    json!({
+                        "id": c.spec.id,
+                        "behaviour": c.spec.behaviour,
+                        "restart": c.spec.restart.to_string(),
+                        "placement": c.spec.placement,
+                        "status": status,
+                        "pending": pending,
+                        "node": c.node,
+                        "provider": c.provider,
+                        "pid": c.pid,
+                        "generation": c.generation,
+                        "incarnations": c.restarts,
+                        "last_exit": c.last_cause.as_ref().map(|x| format!("{x:?}")),
+                    })
+                })
+                .collect();
+            let status = match &st.status {
+                SupStatus::Active => "active".to_owned(),
+                SupStatus::Failed(why) => format!("failed: {why}"),
+            };
+            json!({
+                "name": st.spec.name,
+                "strategy": st.spec.strategy.to_string(),
+                "intensity": st.spec.intensity,
+                "status": status,
+                "children": children,
+            })
+        })
+        .collect();
+    json!({ "supervisors": sups, "applied": s.last_applied, "stale_rejected": s.stale_rejected })
 }
 
 /// The operation's own timeout (what the serving node may spend), before the hop's.

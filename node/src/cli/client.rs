@@ -160,6 +160,40 @@ pub fn render_groups(v: &Value) -> String {
     table(&["GROUP", "SIZE", "MEMBERS"], &rows)
 }
 
+/// `soma sup list`.
+pub fn render_sups(v: &Value) -> String {
+    let mut out = Vec::new();
+    for sup in v.get("supervisors").and_then(Value::as_array).into_iter().flatten() {
+        out.push(format!("{} ({}, {})", s(sup, "name"), s(sup, "strategy"), s(sup, "status")));
+        let rows: Vec<Vec<String>> = sup
+            .get("children")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let status = match c.get("pending").and_then(Value::as_str) {
+                    Some(why) => format!("pending ({why})"),
+                    None => s(c, "status"),
+                };
+                vec![
+                    format!("  {}", s(c, "id")),
+                    s(c, "behaviour"),
+                    status,
+                    s(c, "node"),
+                    s(c, "provider"),
+                    s(c, "pid"),
+                    s(c, "generation"),
+                ]
+            })
+            .collect();
+        out.push(table(&["  CHILD", "BEHAVIOUR", "STATUS", "NODE", "PROVIDER", "PID", "GEN"], &rows));
+    }
+    if out.is_empty() {
+        out.push("no cluster supervisors".into());
+    }
+    out.join("\n")
+}
+
 /// `soma raft status`.
 pub fn render_raft(v: &Value) -> String {
     let mut rows = Vec::new();
@@ -202,6 +236,10 @@ pub fn render_tree(v: &Value) -> String {
         }
     }
     let mut out = Vec::new();
+    if let Some(c) = v.get("cluster").filter(|c| !c.is_null()) {
+        out.push("cluster supervisors (Raft)".to_owned());
+        out.push(render_sups(c));
+    }
     for node in v.get("nodes").and_then(Value::as_array).into_iter().flatten() {
         out.push(format!("node {}", s(node, "node")));
         if let Some(e) = node.get("error") {

@@ -127,7 +127,16 @@ async fn serve(s: Settings, tls: NodeTls, token: Option<String>) -> anyhow::Resu
         }
         Role::Cold => None,
     };
-    let admin = Admin::new(node.clone(), Some(membership.clone())).with_raft(raft.clone());
+    let children = soma::csup::Children::install(&node);
+    let csup = match &raft {
+        Some(r) => Some(
+            soma::csup::ClusterSupervisor::start(&node, &membership, r, &children)
+                .context("starting the cluster supervisor")?,
+        ),
+        None => None,
+    };
+    let admin =
+        Admin::new(node.clone(), Some(membership.clone())).with_raft(raft.clone()).with_cluster_supervisor(csup);
     let server = AdminServer::start(admin, s.admin, token).await.context("starting the admin API")?;
     tracing::info!(
         node = %node.id(),

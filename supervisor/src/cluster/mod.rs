@@ -510,10 +510,11 @@ impl ClusterState {
                     c.phase = Phase::Stopped;
                     c.pid = None;
                     c.last_cause = Some(cause.clone());
-                    // A start that failed on the node, or timed out, may still be half there.
-                    if !was_running {
-                        effects.extend(stop_effect_raw(&sup_name, c));
-                    }
+                    // Whatever ended the incarnation, make sure it is gone from its node: a
+                    // crashed process is already (the stop is a no-op), but one moved off an
+                    // unavailable provider, one half-started, or one on a node that only looks
+                    // lost is still there.
+                    effects.extend(stop_effect_raw(&sup_name, c));
                 }
                 let removed = execute(&sup_name, st, decision, &mut effects);
                 self.children_total -= removed;
