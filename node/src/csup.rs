@@ -286,6 +286,7 @@ impl Behaviour for Watcher {
 pub struct ClusterSupervisor {
     raft: RaftNode,
     tx: mpsc::UnboundedSender<Event>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl ClusterSupervisor {
@@ -298,9 +299,23 @@ impl ClusterSupervisor {
     ) -> Result<ClusterSupervisor, crate::SpawnError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = node.spawn::<Watcher>(tx.clone(), SpawnOpts::labeled("cluster-supervisor watcher"))?;
-        let cs = ClusterSupervisor { raft: raft.clone(), tx: tx.clone() };
-        tokio::spawn(run(raft.clone(), membership.clone(), children.clone(), watcher.pid(), node.clone(), tx, rx));
-        Ok(cs)
+        let task = tokio::spawn(run(
+            raft.clone(),
+            membership.clone(),
+            children.clone(),
+            watcher.pid(),
+            node.clone(),
+            tx.clone(),
+            rx,
+        ));
+        Ok(ClusterSupervisor { raft: raft.clone(), tx, task: Arc::new(Mutex::new(Some(task))) })
+    }
+
+    /// Stops the supervisor loop (the node is going away).
+    pub fn stop(&self) {
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
     }
 
     /// Proposes an operator's command (create, add, remove); answers once committed.

@@ -361,6 +361,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         calls: u64,
     },
+    /// Cluster supervision failover: in-process hot (Raft) and cold nodes; kills the node of a
+    /// supervised child, then the Raft leader, and times until the child serves again.
+    Failover {
+        /// Trials of each kind.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+        trials: u64,
+    },
     /// Failure detection: in-process nodes with gossip membership under load; stops one victim's
     /// heartbeat per round and times until every peer declares it down; counts false downs.
     Detect {
@@ -603,7 +610,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     cli::init_logging(match cli.command {
         Command::Node(_) => "info,openraft=warn,openraft::replication=off",
-        _ => "warn",
+        _ => "warn,openraft=off",
     });
     match cli.command {
         Command::Node(args) => cli::node::run(*args)?,
@@ -634,6 +641,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { which: BenchCmd::Remote { send, send_1k, calls } } => {
             let sizes = soma::bench::RemoteBenchSizes { send, send_1k, calls };
             run_bench(|| async move { Ok(soma::bench::run_remote(sizes, print_result).await.map(|_| ())?) })?;
+        }
+        Command::Bench { which: BenchCmd::Failover { trials } } => {
+            let sizes = soma::bench::failover::FailoverBenchSizes { trials: trials as usize };
+            run_bench(
+                || async move { Ok(soma::bench::failover::run_failover(sizes, print_result).await.map(|_| ())?) },
+            )?;
         }
         Command::Bench { which: BenchCmd::Detect { nodes, rounds, load_secs } } => {
             let sizes =

@@ -124,3 +124,30 @@ async fn a_node_that_sees_no_majority_does_not_start_elections() {
         h.raft.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_node_that_joins_later_is_added_as_a_voter() {
+    let ca = TestCa::new();
+    let mut hot = hot_nodes(&ca, "grow", &["hot-1", "hot-2"]).await;
+    {
+        let all: Vec<&Hot> = hot.iter().collect();
+        until("a group of two", || leader_of(&all).is_some() && all.iter().all(|h| h.raft.status().voters.len() == 2))
+            .await;
+    }
+    let node = ca.node("hot-3", 1);
+    let cfg = MembershipConfig { role: Role::Hot, seeds: vec![seed_of(&hot[0].node)], ..MembershipConfig::default() };
+    let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
+    let raft = RaftNode::start(&node, &membership, RaftConfig::new(dir("grow", "hot-3"), 2)).await.expect("raft");
+    hot.push(Hot { node, membership, raft });
+    let all: Vec<&Hot> = hot.iter().collect();
+    until("three voters", || {
+        leader_of(&all).is_some_and(|l| {
+            let s = all[l].raft.status();
+            s.voters.len() == 3 && s.learners.is_empty()
+        })
+    })
+    .await;
+    for h in &all {
+        h.raft.shutdown().await;
+    }
+}

@@ -13,6 +13,7 @@
 use serde::Serialize;
 
 pub mod detect;
+pub mod failover;
 pub mod local;
 pub mod remote;
 

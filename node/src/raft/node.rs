@@ -108,6 +108,8 @@ pub struct RaftStatus {
     pub last_applied: Option<u64>,
     /// Elections enabled (false while this node sees no majority: the pre-vote guard).
     pub elections: bool,
+    /// A membership change is in progress (joint configuration, or not yet applied here).
+    pub changing: bool,
 }
 
 /// A hot node's Raft (see the module docs). Cheap to clone.
@@ -209,6 +211,8 @@ impl RaftNode {
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             elections: self.elections.load(std::sync::atomic::Ordering::Relaxed),
+            changing: m.membership_config.membership().get_joint_config().len() > 1
+                || m.membership_config.log_id().map(|l| l.index) > m.last_applied.map(|l| l.index),
         }
     }
 
