@@ -3,7 +3,8 @@
 //!
 //! ## Forming the group
 //!
-//! * **First start**: once at least `expect_voters` hot members are visible, the one with the
+//! * **First start**: once at least `expect_voters` hot members are visible (and that view has
+//!   not changed for [`RaftConfig::settle`]), the one with the
 //!   smallest name among the `expect_voters` smallest-named hot members initializes Raft with
 //!   exactly those as voters (the others wait to be contacted). With `expect_voters = 1` a lone
 //!   hot node forms a one-voter group at once. Initializing again is harmless (openraft refuses,
@@ -45,6 +46,8 @@ pub struct RaftConfig {
     pub election: (Duration, Duration),
     /// How often membership is checked (forming, growing, the pre-vote guard).
     pub manage_every: Duration,
+    /// How long the view of hot members must stay unchanged before a group is founded.
+    pub settle: Duration,
 }
 
 impl RaftConfig {
@@ -56,6 +59,7 @@ impl RaftConfig {
             heartbeat: Duration::from_millis(100),
             election: (Duration::from_millis(400), Duration::from_millis(800)),
             manage_every: Duration::from_millis(200),
+            settle: Duration::from_millis(1000),
         }
     }
 }
@@ -260,15 +264,23 @@ impl RaftNode {
 /// Forms and grows the group from membership, and keeps the pre-vote guard (module docs).
 async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
     let mut initialized = rn.raft.is_initialized().await.unwrap_or(false);
+    // The hot members seen, and since when unchanged: a group is founded only on a view that
+    // has settled (so two hot nodes started at once do not each found their own).
+    let mut last_hot: Vec<String> = Vec::new();
+    let mut stable_since = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(cfg.manage_every).await;
         let mut hot: Vec<String> =
             membership.members().into_iter().filter(|m| m.role == Role::Hot && !m.leaving).map(|m| m.name).collect();
         hot.sort();
+        if hot != last_hot {
+            last_hot = hot.clone();
+            stable_since = tokio::time::Instant::now();
+        }
         if !initialized {
             initialized = rn.raft.is_initialized().await.unwrap_or(false);
         }
-        if !initialized && hot.len() >= cfg.expect_voters {
+        if !initialized && hot.len() >= cfg.expect_voters && stable_since.elapsed() >= cfg.settle {
             let founders: Vec<String> = hot.iter().take(cfg.expect_voters).cloned().collect();
             if founders.first() == Some(&rn.name) {
                 let members: BTreeMap<u64, RaftMember> =
