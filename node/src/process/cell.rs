@@ -34,15 +34,17 @@
 //! ## Cache-line layout
 //!
 //! A sender and the runner are often on two cores. Per message, a sender writes the mailbox
-//! (its lock word and the queue's indices) and reads `capacity`; the runner writes the inbox
-//! (its lock word and indices) and `Header::received`, and reads `Header::flags`. If any of
-//! those shared a cache line, every push would invalidate a line the runner needs for its pop
-//! and the reverse: the line would cross between the cores about once per message. Measured
-//! on a 2-core machine, that false sharing alone halved one-way send throughput whenever the
-//! runner landed on the other core. So [`Cell`] and [`Header`] are `repr(C)`, laid out as
-//! sender fields, then the large and rarely written `Meta` as a spacer, then runner fields; a
-//! unit test keeps the two groups at least 128 bytes apart (x86 prefetches lines in pairs).
-//! The spacer costs no memory: it is the same fields in another order.
+//! (its lock word and the queue's indices) and reads `capacity` and the scheduling fields; the
+//! runner writes the inbox (its lock word and indices) and `Header::received`, reads
+//! `Header::flags`, and, when traced, takes the `meta` lock. If any of those shared a cache
+//! line, every push would invalidate a line the runner needs for its pop and the reverse: the
+//! line would cross between the cores about once per message. Measured on a 2-core machine,
+//! that false sharing made one-way send swing between ~5 and ~13 M msgs/s depending on whether
+//! the runner landed on the sender's core. So [`Cell`], [`Header`] and [`Mailbox`] are
+//! `repr(C)`, laid out as: sender fields; a gap of fields no one touches per message (the
+//! mailbox's `sys` and `waiters`, `Cell::gap`, the header's PID, parent and node handle); then
+//! runner fields. A unit test keeps the two groups at least 128 bytes apart (x86 prefetches
+//! lines in pairs); the gap costs 32 bytes of padding per process.
 //!
 //! [`Addr`]: crate::Addr
 
@@ -73,6 +75,9 @@ pub(crate) const F_SUSPENDED: u32 = 1 << 3;
 pub(crate) const F_TRAP: u32 = 1 << 4;
 /// Exit processing has started; the process takes no more signals.
 pub(crate) const F_EXITING: u32 = 1 << 5;
+
+/// Words of explicit padding between sender and runner fields (see "Cache-line layout").
+const GAP_WORDS: usize = 4;
 
 /// Most system requests queued at once per process (G8).
 const MAX_SYS: usize = 1024;
@@ -156,15 +161,18 @@ pub(crate) enum SysMsg {
     GetState(oneshot::Sender<Option<serde_json::Value>>),
 }
 
+/// `repr(C)`: what every push touches first, the rarely used `sys` and `waiters` last (they are
+/// part of the gap between sender and runner fields, see the module docs).
+#[repr(C)]
 pub(crate) struct Mailbox<B: Behaviour> {
     pub queue: VecDeque<Envelope<B>>,
-    pub sys: Vec<SysMsg>,
     pub running: bool,
     pub suspended: bool,
     pub closed: bool,
     /// Messages the runner took in its current batch (counted against a bounded capacity until
     /// the runner comes back for more).
     pub in_hand: usize,
+    pub sys: Vec<SysMsg>,
     /// Senders waiting for room in a bounded mailbox.
     pub waiters: Vec<Waker>,
 }
@@ -203,16 +211,17 @@ pub(crate) struct Meta {
     pub terminating: bool,
 }
 
-/// `repr(C)`: `meta` (large, rarely touched) comes first, so it separates the cell's mailbox,
-/// which senders write, from the fields the runner touches per message (`flags`, `received`);
-/// see "Cache-line layout" in the module docs.
+/// `repr(C)`: the fields no one writes after spawn first (part of the gap after the mailbox),
+/// then `meta` (its lock word is written by a traced runner per message; its large body is
+/// rarely touched), then the counters and flags the runner touches per message; see
+/// "Cache-line layout" in the module docs.
 #[repr(C)]
 pub(crate) struct Header {
-    pub meta: Mutex<Meta>,
     pub node: Arc<NodeShared>,
     pub pid: Pid,
     /// The spawning process (a supervisor, for supervised processes). Never changes.
     pub parent: Option<Pid>,
+    pub meta: Mutex<Meta>,
     pub received: AtomicU64,
     pub sent: AtomicU64,
     pub flags: AtomicU32,
@@ -292,14 +301,17 @@ pub(crate) trait AnyProcess: Send + Sync + 'static {
 
 /// A process. See the module docs.
 ///
-/// `repr(C)`, in this order: what senders touch per message (`capacity`, `mailbox`) first, the
-/// header (its cold `meta` first) in the middle, what the runner touches per message (the
-/// header's tail, `state`, `inbox`) last; see "Cache-line layout" in the module docs.
+/// `repr(C)`, in this order: what senders touch per message (`capacity`, the head of `mailbox`)
+/// first, a gap of cold fields (the tail of `mailbox`, `gap`, the head of the header), then what
+/// the runner touches per message (the header's `meta` lock when traced, its counters and flags,
+/// `state`, `inbox`); see "Cache-line layout" in the module docs.
 #[repr(C)]
 pub(crate) struct Cell<B: Behaviour> {
     /// `usize::MAX` when unbounded.
     pub capacity: usize,
     pub mailbox: Mutex<Mailbox<B>>,
+    /// Padding that completes the gap (see the module docs); never read.
+    gap: [u64; GAP_WORDS],
     pub hdr: Header,
     pub state: Mutex<Option<B>>,
     pub inbox: Mutex<VecDeque<Envelope<B>>>,
@@ -341,6 +353,7 @@ impl<B: Behaviour> Cell<B> {
             }),
             inbox: Mutex::new(VecDeque::new()),
             state: Mutex::new(None),
+            gap: [0; GAP_WORDS],
         }
     }
 
@@ -654,7 +667,7 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::mem::{offset_of, size_of};
+    use std::mem::offset_of;
 
     use super::*;
     use crate::{Context, Error};
@@ -679,9 +692,21 @@ mod tests {
     /// sender and a runner on two cores do not invalidate each other's lines per message.
     #[test]
     fn sender_and_runner_fields_do_not_share_cache_lines() {
-        let sender_end = offset_of!(Cell<Probe>, mailbox) + size_of::<Mutex<Mailbox<Probe>>>();
+        let m: Mutex<Mailbox<Probe>> = Mutex::new(Mailbox {
+            queue: VecDeque::new(),
+            running: false,
+            suspended: false,
+            closed: false,
+            in_hand: 0,
+            sys: Vec::new(),
+            waiters: Vec::new(),
+        });
+        let data = m.data_ptr() as usize - &m as *const _ as usize;
+        // Senders touch the lock word and the fields up to `sys`.
+        let sender_end = offset_of!(Cell<Probe>, mailbox) + data + offset_of!(Mailbox<Probe>, sys);
         assert!(offset_of!(Cell<Probe>, capacity) < sender_end);
-        let runner_start = offset_of!(Cell<Probe>, hdr.received)
+        let runner_start = offset_of!(Cell<Probe>, hdr.meta)
+            .min(offset_of!(Cell<Probe>, hdr.received))
             .min(offset_of!(Cell<Probe>, hdr.sent))
             .min(offset_of!(Cell<Probe>, hdr.flags))
             .min(offset_of!(Cell<Probe>, state))
