@@ -13,7 +13,7 @@
 //!   exclude a concurrent `peek`, which clones the queued messages, and `peek` must see the
 //!   in-hand batch, or the "thought log" would hide up to a whole batch of pending messages.
 //!   A runner-local batch would save those two operations but make the batch invisible; we
-//!   chose visibility (one-way send still measures > 10 M msgs/s, see the README);
+//!   chose visibility (see the README's benchmarks for what one-way send costs with it);
 //! * the **state** (`Mutex<Option<B>>`): the behaviour's state while the process is idle. The
 //!   runner takes it out for the length of an activation and puts it back before going idle.
 //!
