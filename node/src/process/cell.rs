@@ -13,7 +13,7 @@
 //!   exclude a concurrent `peek`, which clones the queued messages, and `peek` must see the
 //!   in-hand batch, or the "thought log" would hide up to a whole batch of pending messages.
 //!   A runner-local batch would save those two operations but make the batch invisible; we
-//!   chose visibility (one-way send still measures > 10 M msgs/s, see the README);
+//!   chose visibility (see the README's benchmarks for what one-way send costs with it);
 //! * the **state** (`Mutex<Option<B>>`): the behaviour's state while the process is idle. The
 //!   runner takes it out for the length of an activation and puts it back before going idle.
 //!
@@ -30,6 +30,21 @@
 //!
 //! Lock order: `inbox` before `mailbox`. `meta` is never held while taking another lock of the
 //! same cell.
+//!
+//! ## Cache-line layout
+//!
+//! A sender and the runner are often on two cores. Per message, a sender writes the mailbox
+//! (its lock word and the queue's indices) and reads `capacity` and the scheduling fields; the
+//! runner writes the inbox (its lock word and indices) and `Header::received`, reads
+//! `Header::flags`, and, when traced, takes the `meta` lock. If any of those shared a cache
+//! line, every push would invalidate a line the runner needs for its pop and the reverse: the
+//! line would cross between the cores about once per message. Measured on a 2-core machine,
+//! that false sharing made one-way send swing between ~5 and ~13 M msgs/s depending on whether
+//! the runner landed on the sender's core. So [`Cell`], [`Header`] and [`Mailbox`] are
+//! `repr(C)`, laid out as: sender fields; a gap of fields no one touches per message (the
+//! mailbox's `sys` and `waiters`, `Cell::gap`, the header's PID, parent and node handle); then
+//! runner fields. A unit test keeps the two groups at least 128 bytes apart (x86 prefetches
+//! lines in pairs); the gap costs 32 bytes of padding per process.
 //!
 //! [`Addr`]: crate::Addr
 
@@ -60,6 +75,9 @@ pub(crate) const F_SUSPENDED: u32 = 1 << 3;
 pub(crate) const F_TRAP: u32 = 1 << 4;
 /// Exit processing has started; the process takes no more signals.
 pub(crate) const F_EXITING: u32 = 1 << 5;
+
+/// Words of explicit padding between sender and runner fields (see "Cache-line layout").
+const GAP_WORDS: usize = 4;
 
 /// Most system requests queued at once per process (G8).
 const MAX_SYS: usize = 1024;
@@ -143,15 +161,18 @@ pub(crate) enum SysMsg {
     GetState(oneshot::Sender<Option<serde_json::Value>>),
 }
 
+/// `repr(C)`: what every push touches first, the rarely used `sys` and `waiters` last (they are
+/// part of the gap between sender and runner fields, see the module docs).
+#[repr(C)]
 pub(crate) struct Mailbox<B: Behaviour> {
     pub queue: VecDeque<Envelope<B>>,
-    pub sys: Vec<SysMsg>,
     pub running: bool,
     pub suspended: bool,
     pub closed: bool,
     /// Messages the runner took in its current batch (counted against a bounded capacity until
     /// the runner comes back for more).
     pub in_hand: usize,
+    pub sys: Vec<SysMsg>,
     /// Senders waiting for room in a bounded mailbox.
     pub waiters: Vec<Waker>,
 }
@@ -190,15 +211,20 @@ pub(crate) struct Meta {
     pub terminating: bool,
 }
 
+/// `repr(C)`: the fields no one writes after spawn first (part of the gap after the mailbox),
+/// then `meta` (its lock word is written by a traced runner per message; its large body is
+/// rarely touched), then the counters and flags the runner touches per message; see
+/// "Cache-line layout" in the module docs.
+#[repr(C)]
 pub(crate) struct Header {
+    pub node: Arc<NodeShared>,
     pub pid: Pid,
     /// The spawning process (a supervisor, for supervised processes). Never changes.
     pub parent: Option<Pid>,
-    pub flags: AtomicU32,
+    pub meta: Mutex<Meta>,
     pub received: AtomicU64,
     pub sent: AtomicU64,
-    pub meta: Mutex<Meta>,
-    pub node: Arc<NodeShared>,
+    pub flags: AtomicU32,
 }
 
 impl Header {
@@ -274,13 +300,21 @@ pub(crate) trait AnyProcess: Send + Sync + 'static {
 }
 
 /// A process. See the module docs.
+///
+/// `repr(C)`, in this order: what senders touch per message (`capacity`, the head of `mailbox`)
+/// first, a gap of cold fields (the tail of `mailbox`, `gap`, the head of the header), then what
+/// the runner touches per message (the header's `meta` lock when traced, its counters and flags,
+/// `state`, `inbox`); see "Cache-line layout" in the module docs.
+#[repr(C)]
 pub(crate) struct Cell<B: Behaviour> {
-    pub hdr: Header,
     /// `usize::MAX` when unbounded.
     pub capacity: usize,
     pub mailbox: Mutex<Mailbox<B>>,
-    pub inbox: Mutex<VecDeque<Envelope<B>>>,
+    /// Padding that completes the gap (see the module docs); never read.
+    gap: [u64; GAP_WORDS],
+    pub hdr: Header,
     pub state: Mutex<Option<B>>,
+    pub inbox: Mutex<VecDeque<Envelope<B>>>,
 }
 
 /// Why a push was refused.
@@ -319,6 +353,7 @@ impl<B: Behaviour> Cell<B> {
             }),
             inbox: Mutex::new(VecDeque::new()),
             state: Mutex::new(None),
+            gap: [0; GAP_WORDS],
         }
     }
 
@@ -627,5 +662,58 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
             // A full mailbox is `CallError::Full`, as for typed calls — not a bad request.
             Err(PushError::Full(_)) => Err(CallError::Full),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::offset_of;
+
+    use super::*;
+    use crate::{Context, Error};
+
+    struct Probe;
+
+    impl Behaviour for Probe {
+        type Args = ();
+        type Msg = u64;
+        type Call = ();
+        type Reply = ();
+        fn name() -> &'static str {
+            "test.probe"
+        }
+        async fn init(_: &mut Context<Self>, _: ()) -> Result<Self, Error> {
+            Ok(Probe)
+        }
+    }
+
+    /// What senders write per message and what the runner writes per message are at least two
+    /// cache lines apart (128 bytes: x86's adjacent-line prefetcher moves lines in pairs), so a
+    /// sender and a runner on two cores do not invalidate each other's lines per message.
+    #[test]
+    fn sender_and_runner_fields_do_not_share_cache_lines() {
+        let m: Mutex<Mailbox<Probe>> = Mutex::new(Mailbox {
+            queue: VecDeque::new(),
+            running: false,
+            suspended: false,
+            closed: false,
+            in_hand: 0,
+            sys: Vec::new(),
+            waiters: Vec::new(),
+        });
+        let data = m.data_ptr() as usize - &m as *const _ as usize;
+        // Senders touch the lock word and the fields up to `sys`.
+        let sender_end = offset_of!(Cell<Probe>, mailbox) + data + offset_of!(Mailbox<Probe>, sys);
+        assert!(offset_of!(Cell<Probe>, capacity) < sender_end);
+        let runner_start = offset_of!(Cell<Probe>, hdr.meta)
+            .min(offset_of!(Cell<Probe>, hdr.received))
+            .min(offset_of!(Cell<Probe>, hdr.sent))
+            .min(offset_of!(Cell<Probe>, hdr.flags))
+            .min(offset_of!(Cell<Probe>, state))
+            .min(offset_of!(Cell<Probe>, inbox));
+        assert!(
+            runner_start >= sender_end + 128,
+            "sender fields end at {sender_end}, runner fields start at {runner_start}"
+        );
     }
 }
