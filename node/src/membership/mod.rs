@@ -436,12 +436,22 @@ async fn watch_live(
                 .collect()
         };
         let Some(i) = inner.upgrade() else { return };
-        let events = i.view.write().apply(live);
+        // The transport learns new members' addresses *before* the view shows them, so whoever
+        // sees a member in the view can reach it by name.
+        let mut next = i.view.read().clone();
+        let events = next.apply(live);
+        for e in &events {
+            if let MemberEvent::Up(m) = e {
+                if *m.name != *i.node.id().name() {
+                    i.dist.add_peer(&m.name, m.addr);
+                }
+            }
+        }
+        *i.view.write() = next;
         let me = i.node.id();
         for e in events {
             match &e {
                 MemberEvent::Up(m) if *m.name != *me.name() => {
-                    i.dist.add_peer(&m.name, m.addr);
                     tracing::info!(node = %m.name, creation = m.creation, role = %m.role, "member up");
                 }
                 MemberEvent::Down { member: m, reason } if *m.name != *me.name() => {
