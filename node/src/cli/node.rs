@@ -114,6 +114,7 @@ async fn serve(s: Settings, tls: NodeTls, token: Option<String>) -> anyhow::Resu
         capacity: s.capacity,
         admin: Some(admin_seen),
         advertise: Some(advertise),
+        advertise_host: s.advertise.clone(),
         seeds: s.seeds.clone(),
         gossip_interval: s.gossip_interval,
         phi_threshold: s.phi,

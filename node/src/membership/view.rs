@@ -35,6 +35,9 @@ pub mod keys {
     pub const LOAD_MAILBOX: &str = "load.mbox";
     /// `leaving` once the node has started a graceful leave.
     pub const STATUS: &str = "status";
+    /// The node's QUIC address now (`ip:port`), when it differs from the one it joined with
+    /// (its host was re-resolved to a new address, e.g. after a network reconnect).
+    pub const ADDR: &str = "addr";
     /// Providers the node serves but has marked unavailable (rate-limited, breaker open),
     /// comma-separated.
     pub const PROVIDERS_DOWN: &str = "providers.down";
@@ -149,6 +152,10 @@ impl Member {
                 },
                 keys::PROVIDERS => m.providers = provider_list(v, &mut problems),
                 keys::PROVIDERS_DOWN => m.unavailable = provider_list(v, &mut problems),
+                keys::ADDR => match v.parse() {
+                    Ok(a) => m.addr = a,
+                    Err(_) => problems.push(format!("address {v:?} is not ip:port")),
+                },
                 keys::ADMIN => match v.parse() {
                     Ok(a) => m.admin = Some(a),
                     Err(_) => problems.push(format!("admin address {v:?} is not ip:port")),
@@ -305,6 +312,19 @@ mod tests {
     fn m(name: &str, creation: u64) -> Member {
         let addr = "127.0.0.1:7100".parse().unwrap();
         Member::from_gossip(name, creation, addr, [(keys::ROLE, "cold"), (keys::PROVIDERS, "openai,anthropic")]).0
+    }
+
+    #[test]
+    fn a_republished_address_replaces_the_joining_one() {
+        let kvs = [(keys::ADDR, "10.0.0.9:7100")];
+        let (m, problems) =
+            Member::from_gossip("c1", 1, "10.0.0.2:7100".parse().unwrap(), kvs.iter().map(|(k, v)| (*k, *v)));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(m.addr, "10.0.0.9:7100".parse().unwrap());
+        let kvs = [(keys::ADDR, "nonsense")];
+        let (m, problems) =
+            Member::from_gossip("c1", 1, "10.0.0.2:7100".parse().unwrap(), kvs.iter().map(|(k, v)| (*k, *v)));
+        assert_eq!((m.addr, problems.len()), ("10.0.0.2:7100".parse().unwrap(), 1));
     }
 
     #[test]
