@@ -62,6 +62,22 @@ fn running(raft: &RaftNode, id: &str) -> Option<(String, u64, Pid)> {
     })
 }
 
+/// Raft (a group of one) and the cluster supervisor on `hot`, with a supervisor `agents`.
+async fn supervise(hot: &Member, dir: &PathBuf) -> (RaftNode, ClusterSupervisor) {
+    let _ = std::fs::remove_dir_all(dir);
+    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
+    until("a leader", || raft.is_leader()).await;
+    let sup = ClusterSupervisor::start(&hot.node, &hot.membership, &raft, &hot.children).expect("supervisor");
+    sup.propose(Command::CreateSupervisor(SupSpec {
+        name: "agents".into(),
+        strategy: Strategy::OneForOne,
+        intensity: Intensity::new(10, 10_000),
+    }))
+    .await
+    .expect("create");
+    (raft, sup)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_lost() {
     let ca = TestCa::new();
@@ -71,18 +87,7 @@ async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_
     let cold_c = member(&ca, "cold-c", Role::Cold, &["anthropic"], Some(&hot.node)).await;
     until("membership converged", || hot.membership.len() == 4).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
-    until("a leader", || raft.is_leader()).await;
-    let sup = ClusterSupervisor::start(&hot.node, &hot.membership, &raft, &hot.children).expect("supervisor");
-
-    sup.propose(Command::CreateSupervisor(SupSpec {
-        name: "agents".into(),
-        strategy: Strategy::OneForOne,
-        intensity: Intensity::new(10, 10_000),
-    }))
-    .await
-    .expect("create");
+    let (raft, sup) = supervise(&hot, &dir).await;
     let spec = ChildSpec {
         id: "w1".into(),
         behaviour: "demo.counter".into(),
@@ -135,17 +140,7 @@ async fn g6_an_unavailable_provider_moves_children_to_the_next_preference_and_a_
     let cold_c = member(&ca, "cold-c", Role::Cold, &["anthropic"], Some(&hot.node)).await;
     until("membership converged", || hot.membership.len() == 3).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-prov-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
-    until("a leader", || raft.is_leader()).await;
-    let sup = ClusterSupervisor::start(&hot.node, &hot.membership, &raft, &hot.children).expect("supervisor");
-    sup.propose(Command::CreateSupervisor(SupSpec {
-        name: "agents".into(),
-        strategy: Strategy::OneForOne,
-        intensity: Intensity::new(10, 10_000),
-    }))
-    .await
-    .expect("create");
+    let (raft, sup) = supervise(&hot, &dir).await;
     let child = |id: &str, providers: &[&str]| ChildSpec {
         id: id.into(),
         behaviour: "demo.echo".into(),

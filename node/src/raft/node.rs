@@ -188,13 +188,7 @@ impl RaftNode {
 
     /// Proposes `cmd`; answers once it is committed and applied here.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader(f.leader_node.map(|n| n.name)))
-            }
-            Err(e) => Err(ProposeError::Raft(e.to_string())),
-        }
+        self.raft.client_write(cmd).await.map(|r| r.data).map_err(write_error)
     }
 
     /// The status (see [`RaftStatus`]).
@@ -223,16 +217,10 @@ impl RaftNode {
     /// Adds the hot node `name` as a voter (the leader only).
     pub async fn add_voter(&self, name: &str) -> Result<(), ProposeError> {
         let id = node_id(name);
-        let map = |e: RaftError<u64, ClientWriteError<u64, RaftMember>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                ProposeError::NotLeader(f.leader_node.map(|n| n.name))
-            }
-            other => ProposeError::Raft(other.to_string()),
-        };
-        self.raft.add_learner(id, RaftMember { name: name.to_owned() }, true).await.map_err(map)?;
+        self.raft.add_learner(id, RaftMember { name: name.to_owned() }, true).await.map_err(write_error)?;
         let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
         voters.insert(id);
-        self.raft.change_membership(voters, false).await.map_err(map)?;
+        self.raft.change_membership(voters, false).await.map_err(write_error)?;
         Ok(())
     }
 
@@ -243,13 +231,7 @@ impl RaftNode {
         if !voters.remove(&id) {
             return Err(ProposeError::Raft(format!("{name} is not a voter")));
         }
-        match self.raft.change_membership(voters, false).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader(f.leader_node.map(|n| n.name)))
-            }
-            Err(e) => Err(ProposeError::Raft(e.to_string())),
-        }
+        self.raft.change_membership(voters, false).await.map(|_| ()).map_err(write_error)
     }
 
     /// Stops Raft (and its membership manager).
@@ -258,6 +240,16 @@ impl RaftNode {
             t.abort();
         }
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// A write refused by Raft: "not the leader" (naming it) or another failure.
+fn write_error(e: RaftError<u64, ClientWriteError<u64, RaftMember>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ProposeError::NotLeader(f.leader_node.map(|n| n.name))
+        }
+        other => ProposeError::Raft(other.to_string()),
     }
 }
 

@@ -245,19 +245,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {
         // Remove [log_id.index, ..).
-        let keys: Vec<sled::IVec> = self
-            .log
-            .range(index_key(log_id.index)..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|e| StorageIOError::write_logs(sled_err(e)))?;
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(sled_err(e)))?;
-        flush(&self.db).await.map_err(StorageIOError::write_logs)?;
-        Ok(())
+        self.remove_range(index_key(log_id.index)..).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {
@@ -265,17 +253,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(KEY_PURGED, enc(&log_id).map_err(StorageIOError::write_logs)?)
             .map_err(|e| StorageIOError::write_logs(sled_err(e)))?;
-        let keys: Vec<sled::IVec> = self
-            .log
-            .range(..=index_key(log_id.index))
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|e| StorageIOError::write_logs(sled_err(e)))?;
+        self.remove_range(..=index_key(log_id.index)).await
+    }
+}
+
+impl LogStore {
+    /// Removes the entries whose keys are in `range`, in one batch, then flushes.
+    async fn remove_range<R: RangeBounds<[u8; 8]>>(&self, range: R) -> Result<(), SE> {
+        let err = |e: sled::Error| StorageIOError::write_logs(sled_err(e));
+        let keys: Vec<sled::IVec> = self.log.range(range).keys().collect::<Result<_, _>>().map_err(err)?;
         let mut batch = sled::Batch::default();
         for k in keys {
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(sled_err(e)))?;
+        self.log.apply_batch(batch).map_err(err)?;
         flush(&self.db).await.map_err(StorageIOError::write_logs)?;
         Ok(())
     }
