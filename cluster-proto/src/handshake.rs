@@ -3,7 +3,25 @@
 //! After TLS has authenticated both ends as members of the cluster (**G9**), the dialing node
 //! opens a stream and writes a [`Hello`]; the accepting node answers with [`Reply::Welcome`]
 //! (its own `Hello`) or [`Reply::Reject`] and closes. No process frame moves before a
-//! `Welcome`. On the wire each message is
+//! `Welcome`.
+//!
+//! One exchange has a third step (Erlang distribution's `alive` status): when the acceptor is
+//! already connected to the very incarnation that dials it, it cannot tell a peer that lost the
+//! old connection and dials again (the new one must replace it) from a crossed dial the peer has
+//! already abandoned (the old one must stay: it may carry messages). So it answers
+//! [`Reply::Alive`], and the dialer decides with a [`Confirm`]: `replace: true` and the acceptor
+//! goes on to `Welcome` (or `Reject`), `replace: false` and the acceptor closes the new
+//! connection, leaving the old one alone.
+//!
+//! ```text
+//! dialer                         acceptor
+//!   Hello  ─────────────────────▶
+//!          ◀───────────────────── Welcome | Reject | Alive
+//!   Confirm{replace} ───────────▶                    (only after Alive)
+//!          ◀───────────────────── Welcome | Reject   (only after replace: true)
+//! ```
+//!
+//! On the wire each message is
 //!
 //! ```text
 //! [magic "SOMA"][version: u16 LE][len: u16 LE][body: bincode]   (len ≤ MAX_MESSAGE)
@@ -48,6 +66,17 @@ pub enum Reply {
     Welcome(Hello),
     /// Refused, and why. The connection is closed.
     Reject(RejectReason),
+    /// The acceptor is connected to the dialer's incarnation already: the dialer must say with
+    /// a [`Confirm`] whether this connection replaces that one. Sent at most once per handshake.
+    Alive,
+}
+
+/// The dialer's answer to [`Reply::Alive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirm {
+    /// `true`: the dialer has lost the old connection and this one replaces it; `false`: this
+    /// dial was superseded on the dialer's side (the old connection is the one) and is dropped.
+    pub replace: bool,
 }
 
 /// Why a handshake was refused.
@@ -173,6 +202,16 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
     encode(reply)
 }
 
+/// Encodes a `Confirm` with its envelope.
+pub fn encode_confirm(confirm: &Confirm) -> Vec<u8> {
+    encode(confirm)
+}
+
+/// Decodes a `Confirm`, as [`decode_hello`].
+pub fn decode_confirm(bytes: &[u8]) -> Result<Option<(Confirm, usize)>, HandshakeError> {
+    decode(bytes)
+}
+
 /// Decodes a `Hello` from the start of `bytes`: the message and the bytes it used, or `None`
 /// while incomplete. Use [`finish`] at end of stream.
 pub fn decode_hello(bytes: &[u8]) -> Result<Option<(Hello, usize)>, HandshakeError> {
@@ -221,10 +260,12 @@ pub fn check_hello(local: &Local<'_>, hello: &Hello) -> Result<(), RejectReason>
 
 /// The dialer's checks of the acceptor's reply to a connection made to `expected` (the name
 /// TLS verified in the acceptor's certificate): a `Welcome` from that very node, with valid
-/// fields.
+/// fields. ([`Reply::Alive`] is the dialer's to answer before this check; here it is an
+/// error, as is a second one after a [`Confirm`].)
 pub fn check_welcome(local: &Local<'_>, expected: &str, reply: Reply) -> Result<Hello, HandshakeError> {
     match reply {
         Reply::Reject(r) => Err(HandshakeError::Rejected(r)),
+        Reply::Alive => Err(HandshakeError::Unexpected("an alive status where a welcome was due".into())),
         Reply::Welcome(h) => {
             check_identity(local, &h).map_err(|r| HandshakeError::Unexpected(r.to_string()))?;
             if h.node != expected {
@@ -259,10 +300,20 @@ mod tests {
 
     #[test]
     fn reply_round_trips() {
-        for r in [Reply::Welcome(hello("b")), Reply::Reject(RejectReason::Duplicate)] {
+        for r in [Reply::Welcome(hello("b")), Reply::Reject(RejectReason::Duplicate), Reply::Alive] {
             let wire = encode_reply(&r);
             assert_eq!(decode_reply(&wire), Ok(Some((r, wire.len()))));
         }
+        for c in [Confirm { replace: true }, Confirm { replace: false }] {
+            let wire = encode_confirm(&c);
+            assert_eq!(decode_confirm(&wire[..wire.len() - 1]), Ok(None));
+            assert_eq!(decode_confirm(&wire), Ok(Some((c, wire.len()))));
+        }
+        // A bool is one byte, 0 or 1: anything else is malformed, not `true`.
+        let mut wire = encode_confirm(&Confirm { replace: true });
+        let n = wire.len();
+        wire[n - 1] = 2;
+        assert!(matches!(decode_confirm(&wire), Err(HandshakeError::Malformed(_))));
     }
 
     #[test]
@@ -306,5 +357,6 @@ mod tests {
             check_welcome(&LOCAL, "b", Reply::Reject(RejectReason::ShuttingDown)),
             Err(HandshakeError::Rejected(RejectReason::ShuttingDown))
         );
+        assert!(matches!(check_welcome(&LOCAL, "b", Reply::Alive), Err(HandshakeError::Unexpected(_))));
     }
 }

@@ -1,4 +1,4 @@
-//! The handshake decoders, `decode_hello` and `decode_reply`, and the checks of a decoded
+//! The handshake decoders, `decode_hello`, `decode_reply` and `decode_confirm`, and the checks of a decoded
 //! `Hello` (`check_hello`, `check_welcome`) with a fixed `Local`.
 //!
 //! Checked: no panic; a decoded message used at most the input and at most one envelope plus
@@ -8,8 +8,8 @@
 #![no_main]
 
 use cluster_proto::handshake::{
-    check_hello, check_welcome, decode_hello, decode_reply, encode_hello, encode_reply, Hello, Reply, ENVELOPE_LEN,
-    MAGIC, MAX_MESSAGE,
+    check_hello, check_welcome, decode_confirm, decode_hello, decode_reply, encode_confirm, encode_hello, encode_reply,
+    Hello, Reply, ENVELOPE_LEN, MAGIC, MAX_MESSAGE,
 };
 use libfuzzer_sys::fuzz_target;
 use soma_fuzz::LOCAL;
@@ -74,7 +74,21 @@ fuzz_target!(|data: &[u8]| {
                 Reply::Reject(why) => {
                     let _ = why.to_string();
                 }
+                Reply::Alive => assert!(check_welcome(&LOCAL, "b", Reply::Alive).is_err()),
             }
+        }
+        Ok(None) => check_incomplete(data),
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    match decode_confirm(data) {
+        Ok(Some((c, used))) => {
+            check_used(data, used);
+            assert_eq!(decode_confirm(&data[..used - 1]), Ok(None));
+            let wire = encode_confirm(&c);
+            assert_eq!(wire.len(), used, "a confirm has one encoding");
+            assert_eq!(decode_confirm(&wire), Ok(Some((c, used))));
         }
         Ok(None) => check_incomplete(data),
         Err(e) => {

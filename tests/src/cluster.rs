@@ -13,6 +13,7 @@ pub struct TestCa {
 impl TestCa {
     /// A fresh CA.
     pub fn new() -> TestCa {
+        crate::test_log();
         TestCa { ca: generate_ca("test").expect("CA") }
     }
 

@@ -5,12 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cluster_proto::handshake::{decode_reply, encode_hello, Hello, Reply};
+use cluster_proto::handshake::{
+    decode_hello, decode_reply, encode_confirm, encode_hello, encode_reply, Confirm, HandshakeError, Hello, Reply,
+};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
-use soma::tls::{crypto_provider, PemPair, ALPN};
+use soma::tls::{crypto_provider, NodeTls, PemPair, ALPN};
 
 /// What a peer presents: a certificate and key, or nothing.
 pub enum Identity<'a> {
@@ -70,16 +72,24 @@ impl RawPeer {
     pub async fn hello(&self, hello: &Hello) -> Result<Reply, String> {
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| format!("open_bi: {e}"))?;
         send.write_all(&encode_hello(hello)).await.map_err(|e| format!("write hello: {e}"))?;
-        let mut got = Vec::new();
-        loop {
-            if let Some((reply, _)) = decode_reply(&got).map_err(|e| format!("reply: {e}"))? {
-                return Ok(reply);
-            }
-            match recv.read_chunk(1024, true).await.map_err(|e| format!("read reply: {e}"))? {
-                Some(c) => got.extend_from_slice(&c.bytes),
-                None => return Err(format!("stream ended after {} bytes of reply", got.len())),
-            }
+        read_reply(&mut recv).await
+    }
+
+    /// Sends `hello`; if the node answers [`Reply::Alive`], answers it with a `Confirm` of
+    /// `replace` and, after `replace: true`, reads the node's next reply too. Every reply, in
+    /// order.
+    pub async fn hello_confirming(&self, hello: &Hello, replace: bool) -> Result<Vec<Reply>, String> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| format!("open_bi: {e}"))?;
+        send.write_all(&encode_hello(hello)).await.map_err(|e| format!("write hello: {e}"))?;
+        let first = read_reply(&mut recv).await?;
+        if first != Reply::Alive {
+            return Ok(vec![first]);
         }
+        send.write_all(&encode_confirm(&Confirm { replace })).await.map_err(|e| format!("write confirm: {e}"))?;
+        if !replace {
+            return Ok(vec![first]);
+        }
+        Ok(vec![first, read_reply(&mut recv).await?])
     }
 
     /// Writes `bytes` on a new unidirectional (lane) stream; finishes it if `finish`.
@@ -101,6 +111,90 @@ impl RawPeer {
             }
             e => (None, e.to_string()),
         }
+    }
+}
+
+/// Reads one handshake reply (and nothing after it: the node writes its next message only
+/// once it has heard from us).
+async fn read_reply(recv: &mut quinn::RecvStream) -> Result<Reply, String> {
+    read_msg(recv, decode_reply).await
+}
+
+/// A handshake decoder (`decode_hello`, `decode_reply`, ...).
+type Decoder<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HandshakeError>;
+
+/// Reads one handshake message with `decode`.
+async fn read_msg<T>(recv: &mut quinn::RecvStream, decode: Decoder<T>) -> Result<T, String> {
+    let mut got = Vec::new();
+    loop {
+        if let Some((msg, _)) = decode(&got).map_err(|e| format!("handshake message: {e}"))? {
+            return Ok(msg);
+        }
+        match recv.read_chunk(1024, true).await.map_err(|e| format!("read: {e}"))? {
+            Some(c) => got.extend_from_slice(&c.bytes),
+            None => return Err(format!("stream ended after {} bytes of a handshake message", got.len())),
+        }
+    }
+}
+
+/// A raw node: a QUIC endpoint that serves and dials with a real node certificate and speaks
+/// the handshake by hand, so a test can order both halves of a simultaneous connect.
+pub struct RawNode {
+    /// The endpoint (server and client).
+    pub endpoint: quinn::Endpoint,
+}
+
+/// A connection a [`RawNode`] accepted, up to the dialer's `Hello`.
+pub struct Accepted {
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// The handshake stream's sending half (for the reply).
+    pub send: quinn::SendStream,
+    /// The dialer's `Hello`.
+    pub hello: Hello,
+}
+
+impl RawNode {
+    /// A raw node on loopback presenting `pair` (issued by the CA in `ca_pem`).
+    pub fn new(ca_pem: &str, pair: &PemPair) -> RawNode {
+        let tls = NodeTls::from_pem(ca_pem, &pair.cert_pem, &pair.key_pem).expect("node TLS");
+        let mut endpoint =
+            quinn::Endpoint::server(tls.server_config(), "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(tls.client_config());
+        RawNode { endpoint }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound")
+    }
+
+    /// Accepts the next connection and reads the dialer's `Hello`.
+    pub async fn accept_hello(&self) -> Result<Accepted, String> {
+        let incoming = self.endpoint.accept().await.ok_or("endpoint closed")?;
+        let conn = incoming.await.map_err(|e| format!("TLS: {e}"))?;
+        let (send, mut recv) = conn.accept_bi().await.map_err(|e| format!("accept_bi: {e}"))?;
+        let hello = read_msg(&mut recv, decode_hello).await?;
+        Ok(Accepted { conn, send, hello })
+    }
+
+    /// Dials the node at `addr` named `name` (the handshake is the caller's, on the result).
+    pub async fn dial(&self, addr: SocketAddr, name: &str) -> Result<RawPeer, String> {
+        let conn = self
+            .endpoint
+            .connect(addr, name)
+            .map_err(|e| format!("connect: {e}"))?
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        Ok(RawPeer { endpoint: self.endpoint.clone(), conn })
+    }
+}
+
+impl Accepted {
+    /// Answers the dialer with `reply` and finishes the handshake stream.
+    pub async fn reply(&mut self, reply: &Reply) -> Result<(), String> {
+        self.send.write_all(&encode_reply(reply)).await.map_err(|e| format!("write reply: {e}"))?;
+        self.send.finish().map_err(|e| format!("finish: {e}"))
     }
 }
 

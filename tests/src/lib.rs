@@ -28,6 +28,18 @@ pub const GUARD: Duration = Duration::from_secs(5);
 /// Timeout given to calls that are expected to be answered (the guard, not a synchroniser).
 pub const CALL: Duration = Duration::from_secs(5);
 
+/// Installs a `tracing` subscriber writing to the test's captured output when `SOMA_TEST_LOG`
+/// holds a filter (e.g. `SOMA_TEST_LOG=soma=debug`), so a rare failure can be rerun with the
+/// nodes' logs beside it. Without the variable nothing is installed. Idempotent.
+pub fn test_log() {
+    if let Ok(filter) = std::env::var("SOMA_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Awaits `fut`, failing the test if it takes longer than [`GUARD`].
 pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(GUARD, fut).await {

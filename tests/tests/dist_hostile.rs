@@ -5,14 +5,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use cluster_proto::codec::{encode_frame, encode_frame_with};
+use cluster_proto::codec::{decode_payload, encode_frame, encode_frame_with, FrameReader, MAX_CHUNK};
 use cluster_proto::frame::{tag, Head, Limits};
 use cluster_proto::handshake::{RejectReason, Reply as HsReply};
 use soma::dist::close;
 use soma::tls::{generate_ca, issue_node_cert, PemPair, Validity};
-use soma::{Node, PidRef};
+use soma::{Addr, ExitReason, Node, PidRef};
 use soma_tests::cluster::{mesh, TestCa};
-use soma_tests::hostile::{client_config, hello, Identity, RawPeer};
+use soma_tests::hostile::{client_config, hello, Identity, RawNode, RawPeer};
 use soma_tests::*;
 
 const L: Limits = Limits::DEFAULT;
@@ -27,6 +27,7 @@ async fn welcomed(ca: &TestCa, node: &Node, name: &str) -> RawPeer {
     match peer.hello(&hello("test", name, 1)).await.expect("hello") {
         HsReply::Welcome(h) => assert_eq!(h.node, &*node.id().name()),
         HsReply::Reject(r) => panic!("a valid peer was rejected: {r}"),
+        HsReply::Alive => panic!("asked to confirm a first connection"),
     }
     peer
 }
@@ -224,4 +225,123 @@ async fn g9_no_certificate_another_ca_or_an_expired_one_gets_no_message_through(
     let stats = a.dist_stats().expect("stats");
     assert_eq!((stats.connects, stats.frames_in, stats.handshake_failures), (0, 0, 3), "{stats:?}");
     nothing_but_a_legitimate_message_arrives(&a, &ca, target.pid(), &mut events).await;
+}
+
+/// Nodes a and c connected (a dialed), a watcher on a monitoring a process on c, and a raw
+/// peer presenting c's own certificate, connected to a.
+struct SecondC {
+    a: Node,
+    c: Node,
+    watcher: Addr<Probe>,
+    target: soma::Pid,
+    events: Events,
+    mref: soma::MonitorRef,
+    raw: RawPeer,
+    _ca: TestCa,
+}
+
+async fn connected_pair_and_a_second_c() -> SecondC {
+    let ca = TestCa::new();
+    let (a, c) = (ca.node("a", 1), ca.node("c", 1));
+    mesh(&[&a, &c]);
+    let (tx, events) = Events::new();
+    let watcher = probe(&a, ProbeArgs::with_events(&tx));
+    let target = probe(&c, ProbeArgs::default()).pid();
+    let Reply::Ref(mref) = ask(&watcher, Req::Monitor(target)).await else { panic!("monitor") };
+    within("ping", a.pid_ref::<Probe>(target).call(Req::Ping, CALL)).await.expect("a → c");
+    let pair = ca.issue("c", Validity::days_from_now(1));
+    let addr = a.local_addr().expect("distributed");
+    let raw = RawPeer::connect(client_config(ca.ca_pem(), Identity::Cert(&pair)), addr, "a").await.expect("connect");
+    SecondC { a, c, watcher, target, events, mref, raw, _ca: ca }
+}
+
+/// G2/G3: a second `Hello` from the incarnation a node is connected to is a crossed dial or a
+/// redial, and only the dialer knows: the node asks (`Alive`). Told "keep", it drops the new
+/// connection and the one in use carries on — nothing on it is lost, no monitor fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_a_crossed_dial_the_dialer_abandoned_leaves_the_connection_in_use_alone() {
+    let SecondC { a, c, watcher, target, mut events, mref, raw, .. } = connected_pair_and_a_second_c().await;
+    let replies = within("handshake", raw.hello_confirming(&hello("test", "c", 1), false)).await;
+    assert_eq!(replies, Ok(vec![HsReply::Alive]));
+    let (code, why) = within("close", raw.closed()).await;
+    assert_eq!((code, why.as_str()), (Some(u64::from(close::SUPERSEDED)), "crossed dial"));
+    let s = a.dist_stats().expect("stats");
+    assert_eq!((s.connects, s.disconnects, s.handshake_failures), (1, 0, 0), "{s:?}");
+    assert_eq!(c.dist_stats().expect("stats").disconnects, 0);
+    // The connection in use still works, and the monitor through it still reports the truth.
+    within("call", a.pid_ref::<Probe>(target).call(Req::Echo(1), CALL)).await.expect("a → c after the crossed dial");
+    c.pid_ref::<Probe>(target).send(Cmd::Stop(ExitReason::Shutdown)).expect("stop");
+    assert_eq!(
+        events.next().await,
+        Event::Down {
+            pid: watcher.pid(),
+            down: soma::Down { monitor: mref, pid: target, reason: ExitReason::Shutdown }
+        }
+    );
+}
+
+/// G3: told "replace" (the dialer lost the old connection), the node welcomes the new one and
+/// the old one ends: its monitors fire `noconnection`, and once the new one goes too, the next
+/// use dials the real node again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_a_redial_confirmed_by_the_dialer_replaces_the_connection() {
+    let SecondC { a, c, watcher, mut events, mref, raw, .. } = connected_pair_and_a_second_c().await;
+    let replies = within("handshake", raw.hello_confirming(&hello("test", "c", 1), true)).await.expect("replies");
+    assert!(matches!(&replies[..], [HsReply::Alive, HsReply::Welcome(h)] if h.node == "a"), "{replies:?}");
+    let Event::Down { pid, down } = events.next().await else { panic!("down") };
+    assert_eq!((pid, down.monitor, down.reason), (watcher.pid(), mref, ExitReason::NoConnection));
+    eventually("c sees its connection closed", || c.dist_stats().is_some_and(|s| s.disconnects == 1)).await;
+    raw.conn.close(0u32.into(), b"bye");
+    eventually("a sees the raw connection go", || a.dist_stats().is_some_and(|s| s.disconnects == 2)).await;
+    let target = probe(&c, ProbeArgs::default());
+    within("call", a.pid_ref::<Probe>(target.pid()).call(Req::Echo(2), CALL)).await.expect("a redials c");
+    assert_eq!(a.dist_stats().expect("stats").connects, 3);
+}
+
+/// G2/G3: both nodes dial at once and the peer's dial wins (its name is smaller). The losing
+/// dial is refused as a duplicate before the winner's `Hello` arrives, yet what was queued on
+/// it is not lost: it carries over to the winner's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_a_dial_refused_as_a_duplicate_hands_what_it_queued_to_the_peers_connection() {
+    let ca = TestCa::new();
+    let c = ca.node("c", 1);
+    let b = RawNode::new(ca.ca_pem(), &ca.issue("b", Validity::days_from_now(1)));
+    c.add_peer("b", b.addr());
+    c.send_named("b", "svc", Cmd::Push(9)).expect("queued while dialing");
+    // c dials b; b is dialing c as well, and b < c: b refuses c's connection ...
+    let mut theirs = within("c's dial", b.accept_hello()).await.expect("hello");
+    assert_eq!(theirs.hello.node, "c");
+    theirs.reply(&HsReply::Reject(RejectReason::Duplicate)).await.expect("reply");
+    within("c drops its refused dial", theirs.conn.closed()).await;
+    // ... and b's own dial reaches c only now; c welcomes it.
+    let ours = within("b's dial", b.dial(c.local_addr().expect("distributed"), "c")).await.expect("dial");
+    let replies = within("handshake", ours.hello_confirming(&hello("test", "b", 1), false)).await.expect("replies");
+    assert!(matches!(&replies[..], [HsReply::Welcome(h)] if h.node == "c"), "{replies:?}");
+    // The message queued on c's refused dial comes over b's connection (among the control
+    // traffic of a new connection, on whichever lane).
+    let (name, msg) = within("the message", async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = ours.conn.clone();
+        tokio::spawn(async move {
+            while let Ok(mut lane) = conn.accept_uni().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut reader = FrameReader::new(L);
+                    while let Ok(Some(chunk)) = lane.read_chunk(MAX_CHUNK, true).await {
+                        reader.extend(&chunk.bytes).expect("extend");
+                        while let Some(f) = reader.next_frame().expect("a frame") {
+                            if let Head::SendNamed { name, .. } = f.head {
+                                let _ = tx.send((name.to_string(), decode_payload::<Cmd>(f.payload).expect("a Cmd")));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        rx.recv().await.expect("a send")
+    })
+    .await;
+    assert_eq!((name.as_str(), msg), ("svc", Cmd::Push(9)));
+    let s = c.dist_stats().expect("stats");
+    assert_eq!((s.connects, s.handshake_failures), (1, 0), "{s:?}");
 }

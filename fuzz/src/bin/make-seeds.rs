@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cluster_proto::codec::{encode_frame, encode_frame_raw, encode_frame_with, encode_payload, PREFIX_LEN};
 use cluster_proto::frame::{Head, RemoteCallError, PROTOCOL_VERSION};
-use cluster_proto::handshake::{encode_hello, encode_reply, Hello, RejectReason, Reply, MAGIC};
+use cluster_proto::handshake::{encode_confirm, encode_hello, encode_reply, Confirm, Hello, RejectReason, Reply, MAGIC};
 use cluster_proto::{CorrelationId, ExitReason, MonitorRef};
 use soma_fuzz::{Arg, Msg, Role, LIMITS};
 
@@ -143,6 +143,9 @@ fn main() {
     write(hs_dir, "hello_small_frames", &encode_hello(&Hello { max_frame: 1024, ..hello.clone() }));
     write(hs_dir, "hello_trailing", &[encode_hello(&hello), b"next".to_vec()].concat());
     write(hs_dir, "welcome", &encode_reply(&Reply::Welcome(hello.clone())));
+    write(hs_dir, "alive", &encode_reply(&Reply::Alive));
+    write(hs_dir, "confirm_replace", &encode_confirm(&Confirm { replace: true }));
+    write(hs_dir, "confirm_keep", &encode_confirm(&Confirm { replace: false }));
     let rejects = [
         RejectReason::Version { ours: PROTOCOL_VERSION, theirs: 2 },
         RejectReason::WrongCluster { ours: "c1".into(), theirs: "c2".into() },

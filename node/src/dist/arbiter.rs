@@ -12,14 +12,26 @@
 //! name wins, and both sides reach that verdict alone: a node that is dialing a peer and gets a
 //! `Hello` from it rejects the incoming connection ([`RejectReason::Duplicate`]) if its own
 //! name is smaller, and otherwise accepts it and abandons its own dial (which the peer rejects).
+//! The rejection may reach the loser *before* the winner's `Hello` does; the loser then keeps
+//! its slot `Dialing` (the shell waits, up to the connect timeout, instead of reporting
+//! [`Arbiter::on_dial_failed`]), so that its session — with everything queued on it — carries
+//! over to the winner's connection when it arrives.
 //!
 //! ## Incarnations
 //!
 //! A `Hello` from a newer creation of a connected peer replaces the old connection (the old
 //! incarnation is gone: its processes are reported down); one from an older creation is
-//! refused ([`RejectReason::Stale`]). A `Hello` from the *same* creation while connected means
-//! the peer has dropped the old connection (it would not dial otherwise): the new one replaces
-//! it.
+//! refused ([`RejectReason::Stale`]).
+//!
+//! A `Hello` from the *same* creation while connected is one of two things, and only the
+//! dialer knows which: a redial after it lost the old connection (the new one must replace
+//! it), or a crossed dial it has already abandoned — it dialed while we dialed it, accepted our
+//! connection meanwhile, and its own `Hello` arrived here after our dial completed (the old
+//! connection must stay: calls and messages are in flight on it). So the verdict is
+//! [`OnIncoming::AskAlive`]: the acceptor asks (`Reply::Alive`, as in Erlang's distribution
+//! handshake), the dialer answers whether that attempt is still its current one
+//! ([`Arbiter::is_current_dial`]), and a `replace` answer comes back here as a confirmed
+//! incoming connection, which replaces the old one.
 //!
 //! ## Backoff
 //!
@@ -121,6 +133,9 @@ pub(crate) enum OnIncoming {
     },
     /// Refuse it.
     Reject(RejectReason),
+    /// We are connected to that very incarnation: ask the dialer whether this connection
+    /// replaces the old one, and come back with its answer (`confirmed`). Nothing changed.
+    AskAlive,
 }
 
 /// See the module docs.
@@ -189,14 +204,23 @@ impl Arbiter {
         true
     }
 
-    /// `peer` (at `creation`) dialed us and passed the stateless handshake checks.
-    pub(crate) fn on_incoming(&mut self, peer: &Arc<str>, creation: u64) -> OnIncoming {
+    /// Whether dial `attempt` to `peer` is still in progress and current: the dialer's answer
+    /// to an acceptor's `Alive` (`true`: this dial replaces whatever the acceptor holds, since
+    /// we hold nothing; `false`: it was superseded, the acceptor keeps its connection).
+    pub(crate) fn is_current_dial(&self, peer: &str, attempt: ConnId) -> bool {
+        matches!(self.slots.get(peer), Some(Slot::Dialing { attempt: a, .. }) if *a == attempt)
+    }
+
+    /// `peer` (at `creation`) dialed us and passed the stateless handshake checks; `confirmed`
+    /// once the dialer has answered an [`OnIncoming::AskAlive`] with "replace".
+    pub(crate) fn on_incoming(&mut self, peer: &Arc<str>, creation: u64, confirmed: bool) -> OnIncoming {
         let current = self.slots.get(peer).cloned();
         match &current {
             Some(Slot::Dialing { .. }) if *self.local < **peer => return OnIncoming::Reject(RejectReason::Duplicate),
             Some(Slot::Up { creation: c, .. }) if creation < *c => {
                 return OnIncoming::Reject(RejectReason::Stale { theirs: creation, current: *c })
             }
+            Some(Slot::Up { creation: c, .. }) if creation == *c && !confirmed => return OnIncoming::AskAlive,
             _ => {}
         }
         let conn = self.id();
@@ -273,9 +297,9 @@ mod tests {
         let OnUse::Dial { attempt: a_dial } = a.on_use(&p("b"), 0) else { panic!() };
         let OnUse::Dial { attempt: b_dial } = b.on_use(&p("a"), 0) else { panic!() };
         // a rejects b's connection: its own dial wins.
-        assert_eq!(a.on_incoming(&p("b"), 5), OnIncoming::Reject(RejectReason::Duplicate));
+        assert_eq!(a.on_incoming(&p("b"), 5, false), OnIncoming::Reject(RejectReason::Duplicate));
         // b accepts a's connection and abandons its own dial.
-        let OnIncoming::Accept { conn, supersedes } = b.on_incoming(&p("a"), 3) else { panic!() };
+        let OnIncoming::Accept { conn, supersedes } = b.on_incoming(&p("a"), 3, false) else { panic!() };
         assert_eq!(supersedes, Some(Slot::Dialing { attempt: b_dial, failures: 0 }));
         // a's dial completes; b's dial, rejected by a, fails but is no longer current.
         assert!(a.on_dialed("b", a_dial, 5));
@@ -287,21 +311,64 @@ mod tests {
     fn a_superseded_dial_that_completes_is_closed() {
         let mut b = arb("b");
         let OnUse::Dial { attempt } = b.on_use(&p("a"), 0) else { panic!() };
-        assert!(matches!(b.on_incoming(&p("a"), 3), OnIncoming::Accept { .. }));
+        assert!(matches!(b.on_incoming(&p("a"), 3, false), OnIncoming::Accept { .. }));
         assert!(!b.on_dialed("a", attempt, 3));
     }
 
     #[test]
-    fn incarnations_newer_replaces_older_is_refused_same_replaces() {
+    fn incarnations_newer_replaces_older_is_refused_same_asks_the_dialer() {
         let mut a = arb("a");
-        let OnIncoming::Accept { conn: c1, supersedes: None } = a.on_incoming(&p("b"), 10) else { panic!() };
-        assert_eq!(a.on_incoming(&p("b"), 9), OnIncoming::Reject(RejectReason::Stale { theirs: 9, current: 10 }));
-        let OnIncoming::Accept { conn: c2, supersedes } = a.on_incoming(&p("b"), 11) else { panic!() };
+        let OnIncoming::Accept { conn: c1, supersedes: None } = a.on_incoming(&p("b"), 10, false) else { panic!() };
+        assert_eq!(
+            a.on_incoming(&p("b"), 9, false),
+            OnIncoming::Reject(RejectReason::Stale { theirs: 9, current: 10 })
+        );
+        let OnIncoming::Accept { conn: c2, supersedes } = a.on_incoming(&p("b"), 11, false) else { panic!() };
         assert_eq!(supersedes, Some(Slot::Up { conn: c1, creation: 10 }));
-        let OnIncoming::Accept { supersedes, .. } = a.on_incoming(&p("b"), 11) else { panic!() };
+        // The same incarnation again: only the dialer knows whether it lost `c2`.
+        assert_eq!(a.on_incoming(&p("b"), 11, false), OnIncoming::AskAlive);
+        assert_eq!(a.slot("b"), Some(&Slot::Up { conn: c2, creation: 11 }), "asking changes nothing");
+        let OnIncoming::Accept { supersedes, .. } = a.on_incoming(&p("b"), 11, true) else { panic!() };
         assert_eq!(supersedes, Some(Slot::Up { conn: c2, creation: 11 }));
-        // The replaced connection's loss no longer matters.
+        // The replaced connections' loss no longer matters.
         assert!(!a.on_lost("b", c1));
+        assert!(!a.on_lost("b", c2));
+    }
+
+    #[test]
+    fn a_crossed_dial_arriving_after_ours_completed_is_dropped_by_the_dialers_answer() {
+        // b < c. Both dial. c accepts b's connection first (its own dial is superseded), so b's
+        // dial completes; c's Hello reaches b only then, while b is up on its own dial. The
+        // run that lost a call to `noconnection` before the alive check.
+        let (mut b, mut c) = (arb("b"), arb("c"));
+        let OnUse::Dial { attempt: b_dial } = b.on_use(&p("c"), 0) else { panic!() };
+        let OnUse::Dial { attempt: c_dial } = c.on_use(&p("b"), 0) else { panic!() };
+        let OnIncoming::Accept { conn: at_c, supersedes } = c.on_incoming(&p("b"), 1, false) else { panic!() };
+        assert_eq!(supersedes, Some(Slot::Dialing { attempt: c_dial, failures: 0 }));
+        assert!(b.on_dialed("c", b_dial, 1));
+        assert_eq!(b.on_incoming(&p("c"), 1, false), OnIncoming::AskAlive);
+        assert!(!c.is_current_dial("b", c_dial), "c answers: do not replace");
+        // Both keep b's connection.
+        assert_eq!(b.slot("c"), Some(&Slot::Up { conn: b_dial, creation: 1 }));
+        assert_eq!(c.slot("b"), Some(&Slot::Up { conn: at_c, creation: 1 }));
+        assert!(!c.on_dialed("b", c_dial, 1), "and c closes its dial if it completes");
+    }
+
+    #[test]
+    fn a_redial_after_losing_the_connection_replaces_it_on_the_dialers_answer() {
+        // c lost b's connection (b has not noticed yet) and dials again.
+        let (mut b, mut c) = (arb("b"), arb("c"));
+        let OnUse::Dial { attempt: b_dial } = b.on_use(&p("c"), 0) else { panic!() };
+        let OnIncoming::Accept { conn: at_c, .. } = c.on_incoming(&p("b"), 1, false) else { panic!() };
+        assert!(b.on_dialed("c", b_dial, 1));
+        assert!(c.on_lost("b", at_c));
+        let OnUse::Dial { attempt: redial } = c.on_use(&p("b"), 5) else { panic!() };
+        assert_eq!(b.on_incoming(&p("c"), 1, false), OnIncoming::AskAlive);
+        assert!(c.is_current_dial("b", redial), "c answers: replace");
+        let OnIncoming::Accept { conn, supersedes } = b.on_incoming(&p("c"), 1, true) else { panic!() };
+        assert_eq!(supersedes, Some(Slot::Up { conn: b_dial, creation: 1 }));
+        assert!(c.on_dialed("b", redial, 1));
+        assert_eq!(b.slot("c"), Some(&Slot::Up { conn, creation: 1 }));
     }
 
     #[test]
@@ -309,14 +376,14 @@ mod tests {
         let mut a = arb("a");
         let OnUse::Dial { attempt } = a.on_use(&p("b"), 0) else { panic!() };
         assert!(a.on_dial_failed("b", attempt, 0));
-        assert!(matches!(a.on_incoming(&p("b"), 1), OnIncoming::Accept { supersedes: None, .. }));
+        assert!(matches!(a.on_incoming(&p("b"), 1, false), OnIncoming::Accept { supersedes: None, .. }));
         assert!(matches!(a.on_use(&p("b"), 1), OnUse::Up { .. }));
     }
 
     #[test]
     fn losing_the_connection_allows_an_immediate_redial() {
         let mut a = arb("a");
-        let OnIncoming::Accept { conn, .. } = a.on_incoming(&p("b"), 1) else { panic!() };
+        let OnIncoming::Accept { conn, .. } = a.on_incoming(&p("b"), 1, false) else { panic!() };
         assert!(a.on_lost("b", conn));
         assert!(!a.on_lost("b", conn), "reported once");
         assert!(matches!(a.on_use(&p("b"), 0), OnUse::Dial { .. }));

@@ -437,9 +437,9 @@ impl Dist {
     async fn dial(self: Arc<Self>, session: Arc<Session>, addr: SocketAddr) {
         let attempt = session.id();
         let peer = Arc::clone(&session.peer);
-        let r = tokio::time::timeout(self.connect_timeout, self.handshake_out(&peer, addr)).await;
+        let r = tokio::time::timeout(self.connect_timeout, self.handshake_out(&peer, addr, attempt)).await;
         let outcome = match r {
-            Ok(Ok((conn, hello))) => {
+            Ok(Ok(Dialed::Welcomed(conn, hello))) => {
                 let current = self.state.lock().arbiter.on_dialed(&peer, attempt, hello.creation);
                 if current {
                     self.attach(session, conn, hello);
@@ -447,6 +447,19 @@ impl Dist {
                     conn.close(close::SUPERSEDED.into(), b"superseded");
                 }
                 return;
+            }
+            // Superseded here (its session lives on the peer's connection).
+            Ok(Ok(Dialed::Crossed)) => {
+                return tracing::debug!(%peer, "crossed dial dropped: the peer's connection is the one")
+            }
+            // The peer is dialing us and its dial wins: when its hello arrives, this session
+            // (and all queued on it) carries over to that connection. Only if it does not
+            // arrive in time is the peer unreachable.
+            Ok(Ok(Dialed::PeersWins)) => {
+                if tokio::time::timeout(self.connect_timeout, session.settled()).await.is_ok() {
+                    return;
+                }
+                format!("the peer's own dial, which won, did not arrive within {:?}", self.connect_timeout)
             }
             Ok(Err(e)) => e,
             Err(_) => format!("no handshake within {:?}", self.connect_timeout),
@@ -466,15 +479,79 @@ impl Dist {
         }
     }
 
-    async fn handshake_out(&self, peer: &str, addr: SocketAddr) -> Result<(quinn::Connection, Hello), String> {
+    /// Dial `attempt`'s handshake, up to the verdict (see [`Dialed`]).
+    async fn handshake_out(&self, peer: &str, addr: SocketAddr, attempt: arbiter::ConnId) -> Result<Dialed, String> {
         let conn = self.endpoint.connect_with(self.client.clone(), addr, peer).map_err(|e| e.to_string())?;
         let conn = conn.await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&handshake::encode_hello(&self.hello())).await.map_err(|e| e.to_string())?;
-        let reply = read_msg(&mut recv, handshake::decode_reply).await.map_err(|e| e.to_string())?;
-        let hello = handshake::check_welcome(&self.local_id(), peer, reply).map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        Ok((conn, hello))
+        let mut reply = read_msg(&mut recv, handshake::decode_reply).await.map_err(|e| e.to_string())?;
+        if reply == Reply::Alive {
+            let replace = self.state.lock().arbiter.is_current_dial(peer, attempt);
+            let confirm = handshake::encode_confirm(&handshake::Confirm { replace });
+            send.write_all(&confirm).await.map_err(|e| e.to_string())?;
+            if !replace {
+                // The acceptor closes once it has read the answer; closing first would discard
+                // it (the acceptor would count a failed handshake). Bounded all the same.
+                let _ = send.finish();
+                let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+                conn.close(close::SUPERSEDED.into(), b"crossed dial");
+                return Ok(Dialed::Crossed);
+            }
+            reply = read_msg(&mut recv, handshake::decode_reply).await.map_err(|e| e.to_string())?;
+        }
+        match handshake::check_welcome(&self.local_id(), peer, reply) {
+            Ok(hello) => {
+                let _ = send.finish();
+                Ok(Dialed::Welcomed(conn, hello))
+            }
+            Err(HandshakeError::Rejected(RejectReason::Duplicate)) => {
+                conn.close(close::SUPERSEDED.into(), b"duplicate");
+                Ok(Dialed::PeersWins)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The arbiter's verdict on an incoming connection from `peer`, applied to the sessions:
+    /// the session it will carry (or why not) and the session it ends. `None`: ask the dialer
+    /// first ([`OnIncoming::AskAlive`]).
+    fn decide_incoming(&self, peer: &Arc<str>, creation: u64, confirmed: bool) -> Option<Decided> {
+        let mut st = self.state.lock();
+        match st.arbiter.on_incoming(peer, creation, confirmed) {
+            OnIncoming::AskAlive => None,
+            OnIncoming::Reject(r) => Some((Err(r), None)),
+            OnIncoming::Accept { conn: id, supersedes } => {
+                let old = st.sessions.remove(peer);
+                let (session, ended) = match (supersedes, old) {
+                    // Our own dial is superseded: its session (and what is queued on it)
+                    // carries over to this connection.
+                    (Some(Slot::Dialing { .. }), Some(s)) => {
+                        s.id.store(id, Ordering::Release);
+                        (s, None)
+                    }
+                    (_, old) => (self.new_session(Arc::clone(peer), id, None), old),
+                };
+                st.sessions.insert(Arc::clone(peer), Arc::clone(&session));
+                Some((Ok(session), ended))
+            }
+        }
+    }
+
+    /// Asks a dialer already connected to us whether its new connection replaces the old
+    /// one (see [`handshake`]); its answer, within the handshake's `deadline`.
+    async fn ask_alive(
+        &self,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, String> {
+        let exchange = async {
+            send.write_all(&handshake::encode_reply(&Reply::Alive)).await.map_err(|e| e.to_string())?;
+            let c = read_msg(recv, handshake::decode_confirm).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(c.replace)
+        };
+        tokio::time::timeout_at(deadline, exchange).await.map_err(|_| "no confirm in time".to_string())?
     }
 
     async fn accept_loop(self: Arc<Self>) {
@@ -507,10 +584,10 @@ impl Dist {
         let r = tokio::time::timeout_at(deadline, async {
             let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let hello = read_msg(&mut recv, handshake::decode_hello).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((send, hello))
+            Ok::<_, String>((send, recv, hello))
         })
         .await;
-        let (mut send, hello) = match r {
+        let (mut send, mut recv, hello) = match r {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -530,27 +607,25 @@ impl Dist {
             })
             .and_then(|()| if self.closing.load(Ordering::Acquire) { Err(RejectReason::ShuttingDown) } else { Ok(()) });
         let peer: Arc<str> = Arc::from(hello.node.as_str());
-        let (session, ended) = match verdict {
-            Err(r) => (Err(r), None),
-            Ok(()) => {
-                let mut st = self.state.lock();
-                match st.arbiter.on_incoming(&peer, hello.creation) {
-                    OnIncoming::Reject(r) => (Err(r), None),
-                    OnIncoming::Accept { conn: id, supersedes } => {
-                        let old = st.sessions.remove(&peer);
-                        let (session, ended) = match (supersedes, old) {
-                            // Our own dial is superseded: its session (and what is queued on
-                            // it) carries over to this connection.
-                            (Some(Slot::Dialing { .. }), Some(s)) => {
-                                s.id.store(id, Ordering::Release);
-                                (s, None)
-                            }
-                            (_, old) => (self.new_session(Arc::clone(&peer), id, None), old),
-                        };
-                        st.sessions.insert(Arc::clone(&peer), Arc::clone(&session));
-                        (Ok(session), ended)
+        let mut confirmed = false;
+        let (session, ended) = loop {
+            if let Err(r) = &verdict {
+                break (Err(r.clone()), None);
+            }
+            match self.decide_incoming(&peer, hello.creation, confirmed) {
+                Some(decided) => break decided,
+                None => match self.ask_alive(&mut send, &mut recv, deadline).await {
+                    Ok(true) => confirmed = true,
+                    Ok(false) => {
+                        tracing::debug!(%peer, "crossed dial dropped: the peer keeps the connection in use");
+                        return conn.close(close::SUPERSEDED.into(), b"crossed dial");
                     }
-                }
+                    Err(e) => {
+                        self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, %remote_addr, error = %e, "incoming connection did not confirm");
+                        return conn.close(close::PROTOCOL.into(), b"no confirm");
+                    }
+                },
             }
         };
         if let Some(old) = ended {
@@ -585,7 +660,7 @@ impl Dist {
             }
         };
         let _ = session.remote.set(remote);
-        let _ = session.conn.set(conn.clone());
+        session.set_conn(conn.clone());
         self.addr_names.lock().entry(conn.remote_address()).or_insert_with(|| Arc::clone(&session.peer));
         if let Some(expected) = session.expected.filter(|e| *e != hello.creation) {
             // What was queued was for another incarnation: its processes are gone.
@@ -1016,6 +1091,23 @@ impl Route {
 type Decoder<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HandshakeError>;
 
 /// Reads one handshake message from `recv` (bounded: at most one envelope and body).
+/// How a dial's handshake ended, short of an error.
+enum Dialed {
+    /// Welcomed: the connection and the peer's identity.
+    Welcomed(quinn::Connection, Hello),
+    /// The peer asked (`Alive`) and this dial was superseded here meanwhile: dropped.
+    Crossed,
+    /// Refused as a duplicate: the peer is dialing us too, and its dial wins.
+    PeersWins,
+}
+
+/// How long a dialer that told the acceptor "keep" waits for the acceptor to close.
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
+
+/// An incoming connection's verdict: the session it carries (or why it is refused), and the
+/// session it ends.
+type Decided = (Result<Arc<Session>, RejectReason>, Option<Arc<Session>>);
+
 async fn read_msg<T>(recv: &mut quinn::RecvStream, decode: Decoder<T>) -> Result<T, HandshakeError> {
     let mut buf = Vec::with_capacity(256);
     loop {

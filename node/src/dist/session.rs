@@ -131,6 +131,8 @@ pub(crate) struct Session {
     pub inbound_calls: AtomicUsize,
     dead: AtomicBool,
     ended: AtomicBool,
+    /// Woken when the session gets its connection or ends (see [`Session::settled`]).
+    settled: Notify,
     pub stats: Arc<Stats>,
 }
 
@@ -158,6 +160,7 @@ impl Session {
             inbound_calls: AtomicUsize::new(0),
             dead: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            settled: Notify::new(),
             stats,
         }
     }
@@ -265,6 +268,29 @@ impl Session {
         }
     }
 
+    /// Records the session's connection (once) and wakes [`Session::settled`].
+    pub(crate) fn set_conn(&self, conn: quinn::Connection) {
+        let _ = self.conn.set(conn);
+        self.settled.notify_waiters();
+    }
+
+    /// Completes once the session has a connection or has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    pub(crate) async fn settled(&self) {
+        loop {
+            let woken = self.settled.notified();
+            let mut woken = std::pin::pin!(woken);
+            woken.as_mut().enable();
+            if self.conn.get().is_some() || self.is_dead() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Ends the session: no more frames, writers stop, waiting calls fail (their senders are
     /// dropped). Returns the index for the node-down effects, once (`None` if already ended).
     pub(crate) fn end(&self) -> Option<PeerIndex> {
@@ -279,6 +305,7 @@ impl Session {
             l.buf.lock().bytes = Vec::new();
         }
         drop(std::mem::take(&mut *self.pending.lock()));
+        self.settled.notify_waiters();
         let mut idx = self.index.lock();
         if self.ended.swap(true, Ordering::AcqRel) {
             return None;
