@@ -345,7 +345,8 @@ pub enum Req {
         /// How many.
         count: u64,
     },
-    /// `ctx.call(to, req)` → the callee's reply, or `Err` with the `CallError` (debug form).
+    /// `ctx.call(to, req)` (`ctx.call_ref` for a PID of another node) → the callee's reply, or
+    /// `Err` with the `CallError` (debug form).
     Call {
         /// The callee (a probe).
         to: Pid,
@@ -455,8 +456,13 @@ impl Probe {
 /// itself.
 fn call_probe(ctx: &Context<Probe>, to: Pid, req: Req) -> std::pin::Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
     Box::pin(async move {
-        let Some(addr) = ctx.node().addr::<Probe>(to) else { return Reply::Err("NoProc".into()) };
-        match ctx.call(&addr, req, CALL).await {
+        let r = if to.node() == ctx.node().id() {
+            let Some(addr) = ctx.node().addr::<Probe>(to) else { return Reply::Err("NoProc".into()) };
+            ctx.call(&addr, req, CALL).await
+        } else {
+            ctx.call_ref(&ctx.node().pid_ref::<Probe>(to), req, CALL).await
+        };
+        match r {
             Ok(r) => r,
             Err(e) => Reply::Err(format!("{e:?}")),
         }

@@ -42,6 +42,57 @@ async fn g2_remote_messages_from_one_process_arrive_in_order() {
     }
 }
 
+/// G2 across the two ways a frame leaves: messages then a call from one process to one remote
+/// process, round after round — the first frame of a quiet lane is written by the sender
+/// itself, the rest by the lane's writer — arrive in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_messages_and_calls_keep_their_order_whether_written_directly_or_batched() {
+    let ca = TestCa::new();
+    let (a, b) = (ca.node("a", 1), ca.node("b", 1));
+    mesh(&[&a, &b]);
+    let target = probe(&b, ProbeArgs::default());
+    let sender = probe(&a, ProbeArgs::default());
+    let mut want = Vec::new();
+    for round in 0..200u64 {
+        // 0, 1 or 2 messages, then a call that reads the target's log.
+        for k in 0..round % 3 {
+            let n = round * 10 + k;
+            sender.send(Cmd::Forward { to: target.pid(), n }).expect("send");
+            want.push(n);
+        }
+        let log = ask(&sender, Req::Call { to: target.pid(), req: Box::new(Req::Log) }).await;
+        assert_eq!(log, Reply::Log(want.clone()), "round {round}");
+    }
+    assert!(a.dist_stats().expect("stats").direct_writes > 0, "the direct path was taken");
+}
+
+/// Many callers, many idle callees: every call is answered whether its callee ran on the
+/// stream reader (the last frame of a read) or was handed to the scheduler (more followed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_concurrent_remote_calls_to_idle_processes_are_all_answered() {
+    let ca = TestCa::new();
+    let (a, b) = (ca.node("a", 1), ca.node("b", 1));
+    mesh(&[&a, &b]);
+    let targets: Vec<_> = (0..32).map(|_| probe(&b, ProbeArgs::default()).pid()).collect();
+    let mut callers = Vec::new();
+    for c in 0..8u64 {
+        let (a, targets) = (a.clone(), targets.clone());
+        callers.push(tokio::spawn(async move {
+            for i in 0..100u64 {
+                let t = targets[((c * 7 + i) % 32) as usize];
+                let n = c * 1_000 + i;
+                assert_eq!(a.pid_ref::<Probe>(t).call(Req::Echo(n), CALL).await, Ok(Reply::Num(n)));
+            }
+        }));
+    }
+    for c in callers {
+        within("callers", c).await.expect("caller");
+    }
+    let s = b.dist_stats().expect("stats");
+    assert_eq!((s.busy, s.mailbox_full, s.undecodable), (0, 0, 0), "{s:?}");
+    assert!(s.inline_calls > 0, "some callees ran on the reader: {s:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_remote_monitor_sees_the_exit_reason() {
     let ca = TestCa::new();

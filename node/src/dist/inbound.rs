@@ -16,8 +16,8 @@ use cluster_proto::frame::{Frame, Head, RemoteCallError};
 use cluster_proto::{ExitReason, NodeId, Pid};
 use serde::Serialize;
 
-use super::session::{lane_of, Session, MAX_INBOUND_CALLS};
-use crate::process::cell::WireRefused;
+use super::session::{lane_of, Class, Session, MAX_INBOUND_CALLS};
+use crate::process::cell::{Claimed, WireRefused};
 use crate::process::node::NodeShared;
 
 /// A frame the node refused (it counts towards the flood budget).
@@ -38,8 +38,9 @@ impl WireReply {
         self.done = true;
         let limits = self.session.limits;
         let head = Head::Reply { call_id: self.call_id, result: Ok(()) };
-        let r =
-            self.session.enqueue(self.lane, true, |b| cluster_proto::codec::encode_frame_with(b, &head, rep, &limits));
+        let r = self
+            .session
+            .enqueue(self.lane, Class::Reply, |b| cluster_proto::codec::encode_frame_with(b, &head, rep, &limits));
         if let Err(super::session::Enqueue::Encode(e)) = r {
             tracing::warn!(peer = %self.session.peer, error = %e, "reply not encodable");
             self.session.signal(
@@ -66,8 +67,15 @@ impl Drop for WireReply {
     }
 }
 
-/// Handles one frame from `session` (whose peer incarnation is `remote`).
-pub(crate) fn dispatch(node: &NodeShared, session: &Arc<Session>, remote: NodeId, f: Frame<'_>) -> Result<(), Refused> {
+/// Handles one frame from `session` (whose peer incarnation is `remote`). A call to an idle
+/// process leaves its activation in `claimed` (see [`Claimed`]).
+pub(crate) fn dispatch(
+    node: &NodeShared,
+    session: &Arc<Session>,
+    remote: NodeId,
+    f: Frame<'_>,
+    claimed: &mut Option<Claimed>,
+) -> Result<(), Refused> {
     let local = |serial: u64| Pid::new(node.id, serial);
     let peer = |serial: u64| Pid::new(remote, serial);
     let stats = &session.stats;
@@ -82,11 +90,13 @@ pub(crate) fn dispatch(node: &NodeShared, session: &Arc<Session>, remote: NodeId
         }
         Head::Call { call_id, to, from, corr } => {
             let p = node.lookup(local(to));
-            serve_call(session, p, call_id, from, from.map(peer), corr, f.payload)
+            *claimed = serve_call(session, p, call_id, from, from.map(peer), corr, f.payload)?;
+            Ok(())
         }
         Head::CallNamed { call_id, name, from, corr } => {
             let p = node.whereis(name).and_then(|pid| node.lookup(pid));
-            serve_call(session, p, call_id, from, from.map(peer), corr, f.payload)
+            *claimed = serve_call(session, p, call_id, from, from.map(peer), corr, f.payload)?;
+            Ok(())
         }
         Head::Reply { call_id, result } => {
             session.complete_call(call_id, result.map(|()| f.payload.to_vec()));
@@ -208,7 +218,7 @@ fn serve_call(
     from: Option<Pid>,
     corr: Option<cluster_proto::CorrelationId>,
     payload: &[u8],
-) -> Result<(), Refused> {
+) -> Result<Option<Claimed>, Refused> {
     let in_flight = session.inbound_calls.fetch_add(1, Ordering::Relaxed);
     let lane = lane_of(p.as_ref().map_or(0, |p| p.header().pid.serial()), from_serial.unwrap_or(0));
     let reply = WireReply { session: Arc::clone(session), call_id, lane, done: false };
@@ -220,10 +230,10 @@ fn serve_call(
     let Some(p) = p else {
         session.stats.to_dead_pid.fetch_add(1, Ordering::Relaxed);
         reply.fail(RemoteCallError::NoProc);
-        return Ok(());
+        return Ok(None);
     };
     match p.call_wire(payload, from, corr, reply) {
-        Ok(()) => Ok(()),
+        Ok(c) => Ok(c),
         Err(WireRefused::Full) => {
             session.stats.mailbox_full.fetch_add(1, Ordering::Relaxed);
             Err(Refused)

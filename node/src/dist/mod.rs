@@ -41,7 +41,7 @@ use crate::tls::NodeTls;
 pub use api::PidRef;
 pub use arbiter::Backoff;
 use arbiter::{Arbiter, OnIncoming, OnUse, Slot};
-use session::{lane_of, Enqueue, Session};
+use session::{lane_of, Class, Enqueue, Session};
 pub use stats::DistStats;
 use stats::Stats;
 
@@ -783,13 +783,17 @@ impl Dist {
                 return self.protocol_error(&conn, remote, &e);
             }
             let mut n = 0u32;
+            // A call that found its callee idle: run here if this is the last frame buffered
+            // (the reader would only wait for the network), else left to the scheduler.
+            let mut claimed = None;
             loop {
                 let f = match fr.next_frame() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => return self.protocol_error(&conn, remote, &e),
                 };
-                if inbound::dispatch(&node, &session, remote, f).is_err() {
+                drop(claimed.take());
+                if inbound::dispatch(&node, &session, remote, f, &mut claimed).is_err() {
                     if refusals.0.elapsed() > FLOOD_WINDOW {
                         refusals = (Instant::now(), 0);
                     }
@@ -803,8 +807,13 @@ impl Dist {
                 }
                 n += 1;
                 if n % batch == 0 {
+                    drop(claimed.take());
                     tokio::task::yield_now().await;
                 }
+            }
+            if let Some(c) = claimed {
+                self.stats.inline_calls.fetch_add(1, Ordering::Relaxed);
+                c.run_inline().await;
             }
         }
     }
@@ -863,7 +872,7 @@ impl Dist {
         let f = from.map(Pid::serial);
         let head = Head::SendNamed { name, from: f, corr };
         let limits = self.limits;
-        match s.enqueue(lane_of(f.unwrap_or(0), 0), false, |b| {
+        match s.enqueue(lane_of(f.unwrap_or(0), 0), Class::Message, |b| {
             cluster_proto::codec::encode_frame_with(b, &head, msg, &limits)
         }) {
             Ok(()) | Err(Enqueue::Dead) => Ok(()),
@@ -896,13 +905,13 @@ impl Dist {
         let r = match to {
             Ok(pid) => {
                 let head = Head::Call { call_id, to: pid.serial(), from: f, corr };
-                s.enqueue(lane_of(f.unwrap_or(0), pid.serial()), false, |b| {
+                s.enqueue(lane_of(f.unwrap_or(0), pid.serial()), Class::Call, |b| {
                     cluster_proto::codec::encode_frame_with(b, &head, req, &limits)
                 })
             }
             Err((_, name)) => {
                 let head = Head::CallNamed { call_id, name, from: f, corr };
-                s.enqueue(lane_of(f.unwrap_or(0), 0), false, |b| {
+                s.enqueue(lane_of(f.unwrap_or(0), 0), Class::Call, |b| {
                     cluster_proto::codec::encode_frame_with(b, &head, req, &limits)
                 })
             }

@@ -14,6 +14,16 @@
 //! buffer that senders encode frames straight into, drained by one writer task into one
 //! long-lived QUIC stream (batches, never a stream per message).
 //!
+//! ## Direct writes
+//!
+//! A writer with nothing to write parks and leaves its stream in the lane. A call or a reply
+//! (someone waits for it: [`Class`]) that finds the writer parked is written into the stream by
+//! its sender (one non-blocking attempt under the lane lock, so order is kept), which saves
+//! the hop to the writer task, a large part of a round trip's latency. Whatever the stream does
+//! not take at once (flow control) stays in the lane for the writer. Messages and signals
+//! always go through the writer, so streams of them keep their batching (writing messages
+//! directly when the lane had been quiet for 20 µs cost ~5% of `remote_send_msgs_per_sec`).
+//!
 //! ## Backpressure (G8)
 //!
 //! A lane holds at most `lane_capacity` bytes of messages and calls: beyond it `send` fails with
@@ -67,6 +77,42 @@ struct LaneBuf {
     bytes: Vec<u8>,
     /// The writer is waiting for `wake`.
     parked: bool,
+    /// The lane's stream while the writer is parked (see "Direct writes" in the module docs).
+    stream: Option<quinn::SendStream>,
+}
+
+/// What kind of frame is queued: whether backpressure applies, and whether it may be written
+/// directly (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A message: subject to backpressure, batched by the writer.
+    Message,
+    /// A call: subject to backpressure; its caller waits, so it may be written directly.
+    Call,
+    /// A signal (link, exit, down, control): never refused by backpressure, batched.
+    Signal,
+    /// A reply: a signal whose caller waits, so it may be written directly.
+    Reply,
+}
+
+impl Class {
+    fn signal(self) -> bool {
+        matches!(self, Class::Signal | Class::Reply)
+    }
+
+    fn direct(self) -> bool {
+        matches!(self, Class::Call | Class::Reply)
+    }
+}
+
+/// Polls `f` once, without a waker to wake: `None` if it was not ready.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 pub(crate) struct Lane {
@@ -79,7 +125,11 @@ pub(crate) struct Lane {
 
 impl Lane {
     fn new() -> Lane {
-        Lane { buf: Mutex::new(LaneBuf { bytes: Vec::new(), parked: false }), wake: Notify::new(), room: Notify::new() }
+        Lane {
+            buf: Mutex::new(LaneBuf { bytes: Vec::new(), parked: false, stream: None }),
+            wake: Notify::new(),
+            room: Notify::new(),
+        }
     }
 }
 
@@ -173,13 +223,14 @@ impl Session {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// Queues a frame built by `encode` on `lane`. `signal`: not subject to backpressure.
+    /// Queues a frame of `class` built by `encode` on `lane`.
     pub(crate) fn enqueue(
         &self,
         lane: usize,
-        signal: bool,
+        class: Class,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
     ) -> Result<(), Enqueue> {
+        let signal = class.signal();
         let l = &self.lanes[lane % ALL_LANES];
         let mut b = l.buf.lock();
         if self.is_dead() {
@@ -194,6 +245,10 @@ impl Session {
         }
         encode(&mut b.bytes).map_err(Enqueue::Encode)?;
         if b.parked {
+            // The lane was empty (a parked writer has drained it): this frame alone is in it.
+            if class.direct() && self.write_direct(&mut b) {
+                return Ok(());
+            }
             b.parked = false;
             drop(b);
             l.wake.notify_one();
@@ -201,11 +256,31 @@ impl Session {
         Ok(())
     }
 
+    /// Writes the lane's bytes straight into its stream, if the writer is parked with one;
+    /// `true` if all of them went. Never waits: whatever the stream does not take at once
+    /// stays for the writer.
+    fn write_direct(&self, b: &mut LaneBuf) -> bool {
+        let LaneBuf { bytes, stream: Some(s), .. } = b else { return false };
+        match poll_once(s.write(bytes)) {
+            Some(Ok(n)) => {
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                bytes.drain(..n);
+                let all = bytes.is_empty();
+                if all {
+                    self.stats.direct_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                all
+            }
+            // Blocked by flow control, or failed: the writer takes over (and sees the error).
+            Some(Err(_)) | None => false,
+        }
+    }
+
     /// Queues a frame without payload (a signal); failures are counted, not reported (at most
     /// once).
     pub(crate) fn signal(&self, lane: usize, head: &Head<'_>) {
         let limits = self.limits;
-        if let Err(Enqueue::Encode(e)) = self.enqueue(lane, true, |b| codec::encode_frame(b, head, &limits)) {
+        if let Err(Enqueue::Encode(e)) = self.enqueue(lane, Class::Signal, |b| codec::encode_frame(b, head, &limits)) {
             tracing::warn!(peer = %self.peer, kind = head.kind(), error = %e, "signal not encodable");
         }
     }
@@ -327,6 +402,7 @@ impl Session {
     /// ends or the stream fails (connection loss is seen by the session's watcher).
     pub(crate) async fn writer(self: Arc<Self>, lane: usize, conn: quinn::Connection) {
         let l = &self.lanes[lane];
+        // The stream while the writer works; while it is parked, the stream is the lane's.
         let mut stream: Option<quinn::SendStream> = None;
         let mut spare: Vec<u8> = Vec::new();
         loop {
@@ -336,9 +412,15 @@ impl Session {
                     break;
                 }
                 if b.bytes.is_empty() {
+                    if stream.is_some() {
+                        b.stream = stream.take();
+                    }
                     b.parked = true;
                     None
                 } else {
+                    if stream.is_none() {
+                        stream = b.stream.take();
+                    }
                     Some(std::mem::replace(&mut b.bytes, std::mem::take(&mut spare)))
                 }
             };
@@ -367,7 +449,7 @@ impl Session {
                 spare = batch;
             }
         }
-        if let Some(mut s) = stream {
+        if let Some(mut s) = stream.or_else(|| l.buf.lock().stream.take()) {
             let _ = s.finish();
         }
     }
@@ -383,7 +465,7 @@ impl Session {
         let f = from.map(Pid::serial);
         let limits = self.limits;
         let head = Head::Send { to, from: f, corr };
-        self.enqueue(lane_of(f.unwrap_or(0), to), false, |b| codec::encode_frame_with(b, &head, msg, &limits))
+        self.enqueue(lane_of(f.unwrap_or(0), to), Class::Message, |b| codec::encode_frame_with(b, &head, msg, &limits))
     }
 
     /// Queues a control frame (tag `0x20..=0x7F`) with `body` on the control lane. Like a
@@ -391,7 +473,7 @@ impl Session {
     pub(crate) fn control(&self, tag: u8, body: &[u8]) -> Result<(), Enqueue> {
         let limits = self.limits;
         let head = Head::Control { tag };
-        self.enqueue(CONTROL_LANE, true, |b| codec::encode_frame_raw(b, &head, body, &limits))
+        self.enqueue(CONTROL_LANE, Class::Signal, |b| codec::encode_frame_raw(b, &head, body, &limits))
     }
 
     /// The reason every effect of this session's end carries.

@@ -21,6 +21,8 @@ pub(crate) struct Stats {
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
     pub handshake_failures: AtomicU64,
+    pub direct_writes: AtomicU64,
+    pub inline_calls: AtomicU64,
 }
 
 /// A snapshot of the distribution counters of a node ([`Node::dist_stats`](crate::Node::dist_stats)).
@@ -54,6 +56,10 @@ pub struct DistStats {
     pub disconnects: u64,
     /// Handshakes that failed (either side).
     pub handshake_failures: u64,
+    /// Frames a sender wrote into an idle lane's stream itself, without the writer task.
+    pub direct_writes: u64,
+    /// Calls from peers run on the stream reader's task (the callee was idle).
+    pub inline_calls: u64,
 }
 
 impl Stats {
@@ -74,6 +80,8 @@ impl Stats {
             connects: g(&self.connects),
             disconnects: g(&self.disconnects),
             handshake_failures: g(&self.handshake_failures),
+            direct_writes: g(&self.direct_writes),
+            inline_calls: g(&self.inline_calls),
         }
     }
 }

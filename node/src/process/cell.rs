@@ -255,6 +255,30 @@ impl Header {
     }
 }
 
+/// An activation that a delivery from the wire *claimed* (the process was idle, see
+/// [`Cell::push_claim`]). The stream reader runs it inline when it has nothing else to read —
+/// a remote call to an idle process then costs no task hop on the callee's node — and
+/// otherwise lets it go: dropping a `Claimed` hands the activation to the scheduler, so a
+/// claimed process always runs.
+pub(crate) struct Claimed(Option<Arc<dyn AnyProcess>>);
+
+impl Claimed {
+    /// Runs the activation on this task (polled once; see `runner::run_inline`).
+    pub(crate) async fn run_inline(mut self) {
+        if let Some(p) = self.0.take() {
+            p.run_claimed().await;
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.spawn_claimed();
+        }
+    }
+}
+
 /// The type-erased face of a process, used by the node (table, signals, introspection).
 pub(crate) trait AnyProcess: Send + Sync + 'static {
     fn header(&self) -> &Header;
@@ -284,13 +308,18 @@ pub(crate) trait AnyProcess: Send + Sync + 'static {
         corr: Option<CorrelationId>,
     ) -> Result<(), WireRefused>;
     /// Queues a call that came from a peer; on refusal the reply slot has been answered.
+    /// `Some`: the process was idle and the caller holds its next activation.
     fn call_wire(
         self: Arc<Self>,
         payload: &[u8],
         from: Option<Pid>,
         corr: Option<CorrelationId>,
         reply: crate::dist::inbound::WireReply,
-    ) -> Result<(), WireRefused>;
+    ) -> Result<Option<Claimed>, WireRefused>;
+    /// Runs a claimed activation on the calling task (see [`Claimed`]).
+    fn run_claimed(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    /// Hands a claimed activation to the scheduler.
+    fn spawn_claimed(self: Arc<Self>);
     /// Queues a JSON call. Errors: `BadRequest` (not decodable) or `Full`.
     fn call_json(
         self: Arc<Self>,
@@ -628,7 +657,7 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
         from: Option<Pid>,
         corr: Option<CorrelationId>,
         reply: crate::dist::inbound::WireReply,
-    ) -> Result<(), WireRefused> {
+    ) -> Result<Option<Claimed>, WireRefused> {
         use cluster_proto::frame::RemoteCallError;
         let req = match cluster_proto::codec::decode_payload::<B::Call>(payload) {
             Ok(req) => req,
@@ -638,8 +667,9 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
                 return Err(WireRefused::Undecodable { behaviour: B::name(), error });
             }
         };
-        match self.push(Envelope::Call { req, reply: ReplyTo::Wire(reply), from, corr }) {
-            Ok(()) => Ok(()),
+        match self.push_claim(Envelope::Call { req, reply: ReplyTo::Wire(reply), from, corr }, false) {
+            Ok(true) => Ok(Some(Claimed(Some(self)))),
+            Ok(false) => Ok(None),
             Err(PushError::Full(env)) => {
                 if let Envelope::Call { reply: ReplyTo::Wire(r), .. } = env {
                     r.fail(RemoteCallError::Full);
@@ -647,6 +677,14 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
                 Err(WireRefused::Full)
             }
         }
+    }
+
+    fn run_claimed(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { super::runner::run_inline(&self).await })
+    }
+
+    fn spawn_claimed(self: Arc<Self>) {
+        self.spawn_runner();
     }
 
     fn call_json(
