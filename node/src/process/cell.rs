@@ -239,18 +239,18 @@ impl Header {
         counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
-    /// Records a trace event if the ring exists.
-    pub(crate) fn trace(
+    /// Records `value` in the trace ring, if tracing is on (see [`TraceRing::push_value`]).
+    pub(crate) fn trace_value<T: Payload>(
         &self,
         kind: TraceKind,
         peer: Option<Pid>,
         corr: Option<CorrelationId>,
-        payload: Option<Box<dyn Payload>>,
+        value: T,
     ) {
         let at = self.node.now_ns();
         let mut meta = self.meta.lock();
         if let Some(ring) = meta.trace.as_mut() {
-            ring.push(at, kind, peer, corr, payload);
+            ring.push_value(at, kind, peer, corr, value);
         }
     }
 }

@@ -98,7 +98,7 @@ impl<B: Behaviour> Context<B> {
         let hdr = self.hdr();
         Header::bump(&hdr.sent);
         if hdr.flags() & F_TRACED != 0 {
-            hdr.trace(kind, Some(to), self.corr, Some(Box::new(msg.clone())));
+            hdr.trace_value(kind, Some(to), self.corr, msg.clone());
         }
     }
 

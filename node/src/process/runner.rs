@@ -326,20 +326,20 @@ pub(crate) async fn run<B: Behaviour>(cell: Arc<Cell<B>>, init: Option<B::Args>)
         let outcome = match env {
             Envelope::Cast { msg, from, corr } => {
                 if traced {
-                    hdr.trace(TraceKind::Received, from, corr, Some(Box::new(msg.clone())));
+                    hdr.trace_value(TraceKind::Received, from, corr, msg.clone());
                 }
                 ctx.begin(from, corr);
                 guarded(hdr, state.handle(&mut ctx, msg)).await
             }
             Envelope::Call { req, reply, from, corr } => {
                 if traced {
-                    hdr.trace(TraceKind::CallReceived, from, corr, Some(Box::new(req.clone())));
+                    hdr.trace_value(TraceKind::CallReceived, from, corr, req.clone());
                 }
                 ctx.begin(from, corr);
                 match guarded(hdr, state.handle_call(&mut ctx, req)).await {
                     Ok(Ok(rep)) => {
                         if traced {
-                            hdr.trace(TraceKind::Replied, from, corr, Some(Box::new(rep.clone())));
+                            hdr.trace_value(TraceKind::Replied, from, corr, rep.clone());
                         }
                         match reply {
                             ReplyTo::Typed(tx) => {
@@ -360,7 +360,7 @@ pub(crate) async fn run<B: Behaviour>(cell: Arc<Cell<B>>, init: Option<B::Args>)
             }
             Envelope::Exit { from, reason } => {
                 if traced {
-                    hdr.trace(TraceKind::ExitSignal, Some(from), None, Some(Box::new(reason.clone())));
+                    hdr.trace_value(TraceKind::ExitSignal, Some(from), None, reason.clone());
                 }
                 // OTP: an exit signal from the parent terminates a trapping gen_server. The node
                 // itself (serial 0: the runtime or an operator) has the same authority, so
@@ -388,7 +388,7 @@ pub(crate) async fn run<B: Behaviour>(cell: Arc<Cell<B>>, init: Option<B::Args>)
                     continue;
                 }
                 if traced {
-                    hdr.trace(TraceKind::Down, Some(down.pid), None, Some(Box::new(down.reason.clone())));
+                    hdr.trace_value(TraceKind::Down, Some(down.pid), None, down.reason.clone());
                 }
                 ctx.begin(Some(down.pid), None);
                 guarded(hdr, state.handle_down(&mut ctx, down)).await
@@ -428,7 +428,7 @@ fn record_state<B: Behaviour>(hdr: &Header, state: &B) {
         }
     };
     if changed {
-        hdr.trace(TraceKind::State, None, None, Some(Box::new(snap)));
+        hdr.trace_value(TraceKind::State, None, None, snap);
     }
 }
 

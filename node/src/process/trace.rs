@@ -16,13 +16,19 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 /// A value kept in a trace record, rendered as JSON only when read.
-pub(crate) trait Payload: Send {
+pub(crate) trait Payload: Send + 'static {
     fn to_json(&self) -> serde_json::Value;
+    /// For recycling a record's box for a value of the same type (see [`TraceRing::push_value`]).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
-impl<T: Serialize + Send> Payload for T {
+impl<T: Serialize + Send + 'static> Payload for T {
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_else(|e| serde_json::Value::String(format!("<unserializable: {e}>")))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
@@ -105,6 +111,32 @@ impl TraceRing {
         }
     }
 
+    /// Records `value`. A full ring drops its oldest record and, when that one held a value of
+    /// the same type, moves `value` into its box: a traced process handling one kind of message
+    /// allocates nothing per message once its ring has filled.
+    pub(crate) fn push_value<T: Payload>(
+        &mut self,
+        at_ns: u64,
+        kind: TraceKind,
+        peer: Option<Pid>,
+        corr: Option<CorrelationId>,
+        value: T,
+    ) {
+        let recycled =
+            if self.records.len() == self.capacity { self.records.pop_front().and_then(|r| r.payload) } else { None };
+        let payload: Box<dyn Payload> = match recycled {
+            Some(mut b) => match b.as_any_mut().downcast_mut::<T>() {
+                Some(slot) => {
+                    *slot = value;
+                    b
+                }
+                None => Box::new(value),
+            },
+            None => Box::new(value),
+        };
+        self.push(at_ns, kind, peer, corr, Some(payload));
+    }
+
     pub(crate) fn push(
         &mut self,
         at_ns: u64,
@@ -168,5 +200,27 @@ mod tests {
         assert_eq!(r.read(pid, 4, 100).len(), 1);
         assert_eq!(r.read(pid, 5, 100).len(), 0);
         assert_eq!(r.read(pid, 0, 2).len(), 2);
+    }
+
+    #[test]
+    fn a_full_ring_moves_values_of_the_same_type_into_the_box_it_drops() {
+        let pid: Pid = "<t.1.1>".parse().unwrap();
+        let mut r = TraceRing::new(2);
+        r.push_value(1, TraceKind::Received, None, None, 1u64);
+        r.push_value(2, TraceKind::Received, None, None, "two".to_string());
+        let box_of =
+            |r: &TraceRing, i: usize| r.records[i].payload.as_ref().map(|b| &**b as *const dyn Payload as *const u8);
+        let first = box_of(&r, 0);
+        // Full: the `u64` record goes, and its box takes the next `u64`.
+        r.push_value(3, TraceKind::Received, None, None, 3u64);
+        assert_eq!(box_of(&r, 1), first, "recycled");
+        // The `String` record goes; a `u64` cannot use its box, so it gets a new one.
+        r.push_value(4, TraceKind::Received, None, None, 4u64);
+        let all = r.read(pid, 0, 10);
+        assert_eq!(all.iter().map(|e| (e.seq, e.at_ns)).collect::<Vec<_>>(), vec![(3, 3), (4, 4)]);
+        assert_eq!(
+            all.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+            vec![serde_json::json!(3), serde_json::json!(4)]
+        );
     }
 }
