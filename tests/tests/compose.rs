@@ -18,7 +18,10 @@
 //! everywhere: the 1 s target is held on the peers in steady state, cold-2 — just woken from
 //! its pause — is reported apart), `docker network connect` (back, same incarnation) and the
 //! counter on it still answers with its state; `docker start cold-3` (back everywhere as a new
-//! incarnation).
+//! incarnation); cluster supervision: a supervisor in Raft with a worker pinned to `openai`,
+//! whose node is then killed — the worker comes back on the other `openai` node with a new PID
+//! and generation within 1.5 s, its old PID gone, one incarnation in the whole cluster, and it
+//! stays there when the killed node rejoins.
 //! Every figure is printed as a JSON line on stdout:
 //! `{"bench":"compose","metric":"detect_kill_ms","value":...}`.
 
@@ -523,8 +526,119 @@ async fn scenario(cluster: &Cluster, api: &AdminClient) {
     let r = api.post(&format!("/v1/processes/{p}/call"), &json!({"msg": "get"})).await.expect("call after rejoin");
     assert_eq!(r["reply"], 8, "{r}");
 
+    // 5. Cluster supervision: a worker pinned to `openai` (cold-2 or cold-3) moves to the other
+    // `openai` node when its container is killed — a new PID and generation, the same child of
+    // the same supervisor, one incarnation only — and stays there when the old node is back.
+    cluster_supervision(cluster, api, &pid).await;
+
     // The target last, so a slow detection still shows every figure above.
     for (what, d) in [("kill", kill), ("pause", pause), ("network disconnect (peers in steady state)", cut)] {
         assert!(d <= DETECT_TARGET, "{what}: down on every peer after {d:?}, the target is {DETECT_TARGET:?}");
     }
+}
+
+/// The child `id` of the cluster supervisor `agents`, as the Raft leader's state has it.
+async fn sup_child(api: &AdminClient, id: &str) -> Option<Value> {
+    let v = api.with_timeout(POLL_REQUEST).get("/v1/sups").await.ok()?;
+    let sups = v["supervisors"].as_array()?;
+    let agents = sups.iter().find(|s| s["name"] == "agents")?;
+    agents["children"].as_array()?.iter().find(|c| c["id"] == id).cloned()
+}
+
+/// Polls until the child `id` is running with a PID that `accept` takes; its JSON.
+async fn until_child(
+    api: &AdminClient,
+    what: &str,
+    id: &str,
+    deadline: Duration,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(c) = sup_child(api, id).await {
+            if c["status"] == "running" && c["pid"].is_string() && accept(&c) {
+                return c;
+            }
+            if t0.elapsed() > deadline {
+                panic!("{what}: not within {deadline:?}; last seen {c}");
+            }
+        } else if t0.elapsed() > deadline {
+            panic!("{what}: no child {id} within {deadline:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The `demo.counter` processes running anywhere in the cluster, but `except`.
+async fn counters(api: &AdminClient, except: &str) -> Vec<String> {
+    let v = api.get("/v1/processes").await.expect("process list");
+    v["processes"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|p| p["behaviour"] == "demo.counter" && p["pid"] != except)
+                .filter_map(|p| p["pid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter: &str) {
+    api.post(
+        "/v1/sups",
+        &json!({"name": "agents", "strategy": "one_for_one", "max_restarts": 10, "period_ms": 60_000}),
+    )
+    .await
+    .expect("create the supervisor");
+    let t0 = Instant::now();
+    api.post(
+        "/v1/sups/agents/children",
+        &json!({"id": "w1", "behaviour": "demo.counter", "args": 5, "role": "cold", "providers": ["openai"]}),
+    )
+    .await
+    .expect("add the child");
+    let first = until_child(api, "w1 started", "w1", CONVERGE_DEADLINE, |_| true).await;
+    metric("csup_first_start_ms", ms(t0.elapsed()));
+    let (node1, pid1) =
+        (first["node"].as_str().expect("a node").to_owned(), first["pid"].as_str().expect("a pid").to_owned());
+    let gen1 = first["generation"].as_u64().expect("a generation");
+    assert!(node1 == "cold-2" || node1 == "cold-3", "an openai node: {first}");
+    let p1 = pid_path(&pid1).expect("a PID");
+    let r = api.post(&format!("/v1/processes/{p1}/call"), &json!({"msg": "get"})).await.expect("call w1");
+    assert_eq!(r["reply"], 5, "{r}");
+    assert_eq!(counters(api, other_counter).await, vec![pid1.clone()], "one incarnation of w1");
+
+    // Kill its node: w1 comes back on the other openai node.
+    let node2 = if node1 == "cold-2" { "cold-3" } else { "cold-2" };
+    let t0 = Instant::now();
+    docker(&["kill", cluster.container(&node1)]);
+    let moved =
+        until_child(api, "w1 moved after its node was killed", "w1", DETECT_DEADLINE, |c| c["pid"] != pid1.as_str())
+            .await;
+    let failover = t0.elapsed();
+    metric("csup_worker_failover_ms", ms(failover));
+    eprintln!("w1: {first} -> {moved}");
+    assert_eq!(moved["node"], node2, "the other openai node: {moved}");
+    assert!(moved["generation"].as_u64().expect("a generation") > gen1, "a newer generation: {moved}");
+    let pid2 = moved["pid"].as_str().expect("a pid").to_owned();
+    let p2 = pid_path(&pid2).expect("a PID");
+    let r = api.post(&format!("/v1/processes/{p2}/call"), &json!({"msg": "get"})).await.expect("call w1 moved");
+    assert_eq!(r["reply"], 5, "a fresh incarnation, from its args: {r}");
+    assert!(
+        api.post(&format!("/v1/processes/{p1}/call"), &json!({"msg": "get"})).await.is_err(),
+        "the old PID is gone"
+    );
+    assert_eq!(counters(api, other_counter).await, vec![pid2.clone()], "one incarnation of w1 after the move");
+
+    // The killed node returns (a new incarnation): w1 stays where it is, still one incarnation.
+    let t0 = Instant::now();
+    docker(&["start", cluster.container(&node1)]);
+    let all = sorted(&NODES);
+    until_every(api, "the killed node rejoins", &NODES, t0, CONVERGE_DEADLINE, move |_, v| names(v) == all).await;
+    let now = sup_child(api, "w1").await.expect("w1");
+    assert_eq!((now["pid"].as_str(), now["status"].as_str()), (Some(pid2.as_str()), Some("running")), "{now}");
+    assert_eq!(counters(api, other_counter).await, vec![pid2.clone()], "no duplicate once the old node is back");
+    let v = api.get("/v1/sups").await.expect("sups");
+    metric("csup_stale_rejected", v["stale_rejected"].as_u64().unwrap_or(0));
+    assert!(failover <= Duration::from_millis(1_500), "worker failover took {failover:?}, the target is 1.5 s");
 }
