@@ -24,7 +24,10 @@
 //! stays there when the killed node rejoins; then the Raft leader and the worker's node killed
 //! at once — the next leader moves the worker to the last `openai` node within 2 s (watched
 //! through another hot node's API when the leader was hot-1, the published one), one
-//! incarnation, and it stays there when both rejoin.
+//! incarnation, and it stays there when both rejoin; last the worker's node cut off the network
+//! (`docker network disconnect`) and reconnected — the worker runs elsewhere meanwhile, and after
+//! the heal exactly one incarnation remains; and the leader paused while the worker's node is
+//! killed — the new leader moves the worker, and the old one, unpaused, adds no duplicate.
 //! Every figure is printed as a JSON line on stdout:
 //! `{"bench":"compose","metric":"detect_kill_ms","value":...}`.
 
@@ -693,8 +696,81 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
     let now = sup_child(api, "w1").await.expect("w1");
     assert_eq!((now["pid"].as_str(), now["status"].as_str()), (Some(pid3.as_str()), Some("running")), "{now}");
     assert_eq!(counters(api, other_counter).await, vec![pid3.clone()], "no duplicate once both are back");
+    // 7. w1's node cut off the network and healed: w1 runs elsewhere meanwhile, and once the
+    // cut node is back (the same incarnation, still running the old w1) the stale incarnation
+    // is stopped: exactly one remains.
+    let (cut, other) = (node1.as_str(), node2);
+    let net = cluster.network();
+    let t0 = Instant::now();
+    docker(&["network", "disconnect", &net, cluster.container(cut)]);
+    let elsewhere =
+        until_child(api, "w1 moved off the cut node", "w1", DETECT_DEADLINE, |c| c["pid"] != pid3.as_str()).await;
+    metric("csup_cut_failover_ms", ms(t0.elapsed()));
+    assert_eq!(elsewhere["node"], other, "the other openai node: {elsewhere}");
+    let pid4 = elsewhere["pid"].as_str().expect("a pid").to_owned();
+    let t0 = Instant::now();
+    docker(&["network", "connect", "--alias", cut, &net, cluster.container(cut)]);
+    let all = sorted(&NODES);
+    until_every(api, "the cut node is back", &NODES, t0, CONVERGE_DEADLINE, move |_, v| names(v) == all).await;
+    let deadline = Instant::now() + DETECT_DEADLINE;
+    let mut most = 0;
+    let left = loop {
+        let now = counters(api, other_counter).await;
+        most = most.max(now.len());
+        if now == [pid4.clone()] || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    metric("csup_single_after_heal_ms", ms(t0.elapsed()));
+    // 2 when the stale incarnation was still running on the healed node (and then stopped).
+    metric("csup_heal_most_incarnations_seen", most as u64);
+    assert_eq!(left, vec![pid4.clone()], "after the heal only the committed incarnation runs");
+    let now = sup_child(api, "w1").await.expect("w1");
+    assert_eq!(now["pid"].as_str(), Some(pid4.as_str()), "{now}");
+
+    // 8. The Raft leader paused (frozen, not dead: it still believes it leads when it wakes),
+    // w1's node killed meanwhile: the new leader moves w1; the old leader, unpaused, steps down
+    // without starting anything — still exactly one incarnation.
+    let raft = api.get("/v1/raft").await.expect("raft status");
+    let frozen = raft["nodes"]
+        .as_array()
+        .and_then(|l| l.iter().find_map(|n| n["status"]["leader"].as_str()))
+        .expect("a leader")
+        .to_owned();
+    let token = std::fs::read_to_string(state_dir().join("admin-token")).expect("the token");
+    let token = token.lines().next().unwrap_or("").trim().to_owned();
+    let watch = if frozen == "hot-1" {
+        let url = format!("http://{}:7180", cluster.ip("hot-2"));
+        AdminClient::new(&url, Some(token), Duration::from_secs(5)).expect("client")
+    } else {
+        api.with_timeout(Duration::from_secs(5))
+    };
+    let w1_node = sup_child(&watch, "w1").await.and_then(|c| c["node"].as_str().map(str::to_owned)).expect("w1's node");
+    let t0 = Instant::now();
+    docker(&["pause", cluster.container(&frozen)]);
+    docker(&["kill", cluster.container(&w1_node)]);
+    let paused = until_child(&watch, "w1 moved while the leader was paused", "w1", DETECT_DEADLINE, |c| {
+        c["pid"] != pid4.as_str()
+    })
+    .await;
+    metric("csup_paused_leader_failover_ms", ms(t0.elapsed()));
+    let pid5 = paused["pid"].as_str().expect("a pid").to_owned();
+    docker(&["unpause", cluster.container(&frozen)]);
+    docker(&["start", cluster.container(&w1_node)]);
+    let t0 = Instant::now();
+    let all = sorted(&NODES);
+    until_every(api, "the paused leader and the killed node are back", &NODES, t0, CONVERGE_DEADLINE, move |_, v| {
+        names(v) == all
+    })
+    .await;
+    let now = sup_child(api, "w1").await.expect("w1");
+    assert_eq!((now["pid"].as_str(), now["status"].as_str()), (Some(pid5.as_str()), Some("running")), "{now}");
+    assert_eq!(counters(api, other_counter).await, vec![pid5.clone()], "no duplicate from the unpaused old leader");
+
     let v = api.get("/v1/sups").await.expect("sups");
     metric("csup_stale_rejected", v["stale_rejected"].as_u64().unwrap_or(0));
+
     let leader_target = Duration::from_secs(2);
     assert!(
         leader_failover <= leader_target,
