@@ -27,7 +27,8 @@
 //! incarnation, and it stays there when both rejoin; last the worker's node cut off the network
 //! (`docker network disconnect`) and reconnected — the worker runs elsewhere meanwhile, and after
 //! the heal exactly one incarnation remains; and the leader paused while the worker's node is
-//! killed — the new leader moves the worker, and the old one, unpaused, adds no duplicate.
+//! killed — the new leader moves the worker, and the old one, unpaused, adds no duplicate; and a
+//! provider marked unavailable on its node — a worker preferring it moves to its next preference.
 //! Every figure is printed as a JSON line on stdout:
 //! `{"bench":"compose","metric":"detect_kill_ms","value":...}`.
 
@@ -767,6 +768,44 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
     let now = sup_child(api, "w1").await.expect("w1");
     assert_eq!((now["pid"].as_str(), now["status"].as_str()), (Some(pid5.as_str()), Some("running")), "{now}");
     assert_eq!(counters(api, other_counter).await, vec![pid5.clone()], "no duplicate from the unpaused old leader");
+
+    // 9. A provider becomes unavailable: w2, preferring anthropic (only cold-1 serves it) then
+    // openai, moves from cold-1 to an openai node when cold-1 reports anthropic down, and is
+    // pending-free and single there.
+    api.post(
+        "/v1/sups/agents/children",
+        &json!({"id": "w2", "behaviour": "demo.counter", "args": 1, "role": "cold", "providers": ["anthropic", "openai"]}),
+    )
+    .await
+    .expect("add w2");
+    let w2 = until_child(api, "w2 on the anthropic node", "w2", CONVERGE_DEADLINE, |c| c["node"] == "cold-1").await;
+    let w2_pid = w2["pid"].as_str().expect("a pid").to_owned();
+    let t0 = Instant::now();
+    api.put("/v1/nodes/cold-1/providers/anthropic", &json!({"available": false})).await.expect("anthropic down");
+    let w2_moved = until_child(api, "w2 moved off the unavailable provider", "w2", DETECT_DEADLINE, |c| {
+        c["pid"] != w2_pid.as_str()
+    })
+    .await;
+    metric("csup_provider_down_move_ms", ms(t0.elapsed()));
+    assert_eq!(w2_moved["provider"], "openai", "the next preference: {w2_moved}");
+    assert!(w2_moved["node"] == "cold-2" || w2_moved["node"] == "cold-3", "an openai node: {w2_moved}");
+    let deadline = Instant::now() + DETECT_DEADLINE;
+    let w2_now = w2_moved["pid"].as_str().expect("a pid").to_owned();
+    let expect_two = {
+        let mut v = vec![pid5.clone(), w2_now.clone()];
+        v.sort();
+        v
+    };
+    let left = loop {
+        let mut now = counters(api, other_counter).await;
+        now.sort();
+        if now == expect_two || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    assert_eq!(left, expect_two, "w1 and the moved w2, nothing on the unavailable provider");
+    api.put("/v1/nodes/cold-1/providers/anthropic", &json!({"available": true})).await.expect("anthropic up");
 
     let v = api.get("/v1/sups").await.expect("sups");
     metric("csup_stale_rejected", v["stale_rejected"].as_u64().unwrap_or(0));

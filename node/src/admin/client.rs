@@ -117,6 +117,11 @@ impl AdminClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     /// A streaming GET of JSON lines: calls `line` for each until the stream ends or `line`
     /// returns false. The timeout applies to the answer's head only.
     pub async fn stream(&self, path: &str, mut line: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
