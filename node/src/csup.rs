@@ -14,7 +14,8 @@
 //!   from a watcher process), stops incarnations. A child's `Down` becomes an `Exited`
 //!   proposal; a lost node is seen by `plan` through the view. On becoming leader it
 //!   reconciles with every node (stale and orphaned incarnations stopped, missing ones
-//!   restarted).
+//!   restarted); and whenever a node comes up, it stops what that node still runs that was
+//!   replaced meanwhile (a node back from a partition, whose stop orders timed out).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -224,8 +225,20 @@ async fn send_order(children: &Children, node: &str, order: Order) -> Result<Ord
 /// What the watcher tells the supervisor loop.
 #[derive(Debug)]
 enum Event {
-    Exited { sup: String, child: String, generation: u64, cause: Cause },
-    Started { sup: String, child: String, generation: u64, pid: Pid },
+    Exited {
+        sup: String,
+        child: String,
+        generation: u64,
+        cause: Cause,
+    },
+    Started {
+        sup: String,
+        child: String,
+        generation: u64,
+        pid: Pid,
+    },
+    /// A node (incarnation) is up: new, or back from a partition still running what it ran.
+    NodeUp(String),
     Wake,
 }
 
@@ -364,7 +377,10 @@ async fn run(
     loop {
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => Some(e), None => return },
-            _ = members.recv() => Some(Event::Wake),
+            m = members.recv() => match m {
+                Ok(crate::membership::MemberEvent::Up(member)) => Some(Event::NodeUp(member.name)),
+                _ => Some(Event::Wake),
+            },
             _ = tokio::time::sleep(ROUND) => None,
         };
         let leader = raft.is_leader();
@@ -381,7 +397,21 @@ async fn run(
                 let _ = node.send(watcher, Watch { sup: sup.clone(), child: child.clone(), generation, pid });
                 proposals.push(Command::Running { sup, child, generation, pid: pid.to_string() });
             }
-            Some(Event::Wake) | None => {}
+            // A node back from a partition may still run incarnations replaced while it was
+            // away (the stop orders sent meanwhile timed out): stop them now rather than at the
+            // next leader change. Only the stops: what it should run is `plan`'s to decide.
+            Some(Event::NodeUp(name)) if was_leader => {
+                if let Ok(OrderAnswer::Running(reports)) = send_order(&children, &name, Order::List).await {
+                    let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
+                    if !r.stops.is_empty() {
+                        tracing::info!(node = %name, stops = r.stops.len(), "stopping stale incarnations on a returning node");
+                    }
+                    for stop in r.stops {
+                        execute(&children, &raft, &tx, stop);
+                    }
+                }
+            }
+            Some(Event::NodeUp(_) | Event::Wake) | None => {}
         }
         if !was_leader {
             was_leader = true;

@@ -64,6 +64,8 @@ const POLL_REQUEST: Duration = Duration::from_secs(1);
 const SLOW_REQUEST: Duration = Duration::from_millis(300);
 /// Failure guard of a docker command.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the worker's node stays cut off in the cluster supervision step.
+const CUT_HELD: Duration = Duration::from_secs(8);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
@@ -709,6 +711,11 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
     metric("csup_cut_failover_ms", ms(t0.elapsed()));
     assert_eq!(elsewhere["node"], other, "the other openai node: {elsewhere}");
     let pid4 = elsewhere["pid"].as_str().expect("a pid").to_owned();
+    // Hold the cut past the leader's order timeout (5 s) and a dial's: a stop order sent to the
+    // cut node meanwhile cannot arrive late and hide what happens when the node is back. (The
+    // length of a fault being injected, not a wait for something.)
+    let held = CUT_HELD.saturating_sub(t0.elapsed());
+    tokio::time::sleep(held).await;
     let t0 = Instant::now();
     docker(&["network", "connect", "--alias", cut, &net, cluster.container(cut)]);
     let all = sorted(&NODES);
