@@ -367,8 +367,7 @@ fn compose_cluster_survives_kill_pause_and_partition() {
     let up = t_up.elapsed();
     metric("up_ms", ms(up));
 
-    let token = std::fs::read_to_string(state_dir().join("admin-token")).expect("the certs service wrote the token");
-    let token = token.lines().next().unwrap_or("").trim().to_owned();
+    let token = admin_token();
     let url = format!("http://127.0.0.1:{ADMIN_PORT}");
     let api = AdminClient::new(&url, Some(token), Duration::from_secs(5)).expect("client");
 
@@ -546,6 +545,31 @@ async fn scenario(cluster: &Cluster, api: &AdminClient) {
     }
 }
 
+/// The admin token the certs service wrote.
+fn admin_token() -> String {
+    let token = std::fs::read_to_string(state_dir().join("admin-token")).expect("the certs service wrote the token");
+    token.lines().next().unwrap_or("").trim().to_owned()
+}
+
+/// The Raft leader's name, and a client of a hot node that is not the leader's to watch
+/// through while the leader is down: hot-1's API (the published one), or hot-2's at its
+/// container address when hot-1 leads.
+async fn leader_and_watch(cluster: &Cluster, api: &AdminClient) -> (String, AdminClient) {
+    let raft = api.get("/v1/raft").await.expect("raft status");
+    let leader = raft["nodes"]
+        .as_array()
+        .and_then(|l| l.iter().find_map(|n| n["status"]["leader"].as_str()))
+        .expect("a leader")
+        .to_owned();
+    let watch = if leader == "hot-1" {
+        let url = format!("http://{}:7180", cluster.ip("hot-2"));
+        AdminClient::new(&url, Some(admin_token()), Duration::from_secs(5)).expect("client")
+    } else {
+        api.with_timeout(Duration::from_secs(5))
+    };
+    (leader, watch)
+}
+
 /// The child `id` of the cluster supervisor `agents`, as the Raft leader's state has it.
 async fn sup_child(api: &AdminClient, id: &str) -> Option<Value> {
     let v = api.with_timeout(POLL_REQUEST).get("/v1/sups").await.ok()?;
@@ -590,6 +614,23 @@ async fn counters(api: &AdminClient, except: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Polls [`counters`] until it is `want` (sorted) or [`DETECT_DEADLINE`] passed: the last list
+/// seen (sorted) and the most incarnations seen meanwhile.
+async fn until_counters(api: &AdminClient, except: &str, mut want: Vec<String>) -> (Vec<String>, usize) {
+    want.sort();
+    let deadline = Instant::now() + DETECT_DEADLINE;
+    let mut most = 0;
+    loop {
+        let mut now = counters(api, except).await;
+        now.sort();
+        most = most.max(now.len());
+        if now == want || Instant::now() > deadline {
+            return (now, most);
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter: &str) {
@@ -652,22 +693,7 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
 
     // 6. The Raft leader and w1's node killed at once: the next leader, from committed state,
     // places w1 on the remaining openai node.
-    let raft = api.get("/v1/raft").await.expect("raft status");
-    let leader = raft["nodes"]
-        .as_array()
-        .and_then(|l| l.iter().find_map(|n| n["status"]["leader"].as_str()))
-        .expect("a leader")
-        .to_owned();
-    // Watch through a hot node that survives (hot-1's API is the published one; another hot
-    // node's is reached at its container address).
-    let token = std::fs::read_to_string(state_dir().join("admin-token")).expect("the token");
-    let token = token.lines().next().unwrap_or("").trim().to_owned();
-    let watch = if leader == "hot-1" {
-        let url = format!("http://{}:7180", cluster.ip("hot-2"));
-        AdminClient::new(&url, Some(token), Duration::from_secs(5)).expect("client")
-    } else {
-        api.with_timeout(Duration::from_secs(5))
-    };
+    let (leader, watch) = leader_and_watch(cluster, api).await;
     let gen2 = moved["generation"].as_u64().expect("a generation");
     let t0 = Instant::now();
     docker(&["kill", cluster.container(&leader), cluster.container(node2)]);
@@ -720,16 +746,7 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
     docker(&["network", "connect", "--alias", cut, &net, cluster.container(cut)]);
     let all = sorted(&NODES);
     until_every(api, "the cut node is back", &NODES, t0, CONVERGE_DEADLINE, move |_, v| names(v) == all).await;
-    let deadline = Instant::now() + DETECT_DEADLINE;
-    let mut most = 0;
-    let left = loop {
-        let now = counters(api, other_counter).await;
-        most = most.max(now.len());
-        if now == [pid4.clone()] || Instant::now() > deadline {
-            break now;
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let (left, most) = until_counters(api, other_counter, vec![pid4.clone()]).await;
     metric("csup_single_after_heal_ms", ms(t0.elapsed()));
     // 2 when the stale incarnation was still running on the healed node (and then stopped).
     metric("csup_heal_most_incarnations_seen", most as u64);
@@ -740,20 +757,7 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
     // 8. The Raft leader paused (frozen, not dead: it still believes it leads when it wakes),
     // w1's node killed meanwhile: the new leader moves w1; the old leader, unpaused, steps down
     // without starting anything — still exactly one incarnation.
-    let raft = api.get("/v1/raft").await.expect("raft status");
-    let frozen = raft["nodes"]
-        .as_array()
-        .and_then(|l| l.iter().find_map(|n| n["status"]["leader"].as_str()))
-        .expect("a leader")
-        .to_owned();
-    let token = std::fs::read_to_string(state_dir().join("admin-token")).expect("the token");
-    let token = token.lines().next().unwrap_or("").trim().to_owned();
-    let watch = if frozen == "hot-1" {
-        let url = format!("http://{}:7180", cluster.ip("hot-2"));
-        AdminClient::new(&url, Some(token), Duration::from_secs(5)).expect("client")
-    } else {
-        api.with_timeout(Duration::from_secs(5))
-    };
+    let (frozen, watch) = leader_and_watch(cluster, api).await;
     let w1_node = sup_child(&watch, "w1").await.and_then(|c| c["node"].as_str().map(str::to_owned)).expect("w1's node");
     let t0 = Instant::now();
     docker(&["pause", cluster.container(&frozen)]);
@@ -796,21 +800,10 @@ async fn cluster_supervision(cluster: &Cluster, api: &AdminClient, other_counter
     metric("csup_provider_down_move_ms", ms(t0.elapsed()));
     assert_eq!(w2_moved["provider"], "openai", "the next preference: {w2_moved}");
     assert!(w2_moved["node"] == "cold-2" || w2_moved["node"] == "cold-3", "an openai node: {w2_moved}");
-    let deadline = Instant::now() + DETECT_DEADLINE;
     let w2_now = w2_moved["pid"].as_str().expect("a pid").to_owned();
-    let expect_two = {
-        let mut v = vec![pid5.clone(), w2_now.clone()];
-        v.sort();
-        v
-    };
-    let left = loop {
-        let mut now = counters(api, other_counter).await;
-        now.sort();
-        if now == expect_two || Instant::now() > deadline {
-            break now;
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let mut expect_two = vec![pid5.clone(), w2_now.clone()];
+    expect_two.sort();
+    let (left, _) = until_counters(api, other_counter, expect_two.clone()).await;
     assert_eq!(left, expect_two, "w1 and the moved w2, nothing on the unavailable provider");
     api.put("/v1/nodes/cold-1/providers/anthropic", &json!({"available": true})).await.expect("anthropic up");
 
