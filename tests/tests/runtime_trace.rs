@@ -203,3 +203,22 @@ async fn g10_spawn_with_tracing_on() {
     assert_eq!(got[0].seq, 1);
     assert_eq!((got[0].kind, got[0].payload.clone()), (TraceKind::Received, json!({"Push": 1})));
 }
+
+/// G10: a read of more events than one chunk (the ring's lock is held per chunk) returns all
+/// of them, in order, without gaps or repeats; `max` still bounds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g10_trace_read_spans_chunks() {
+    let node = Node::start(NodeConfig { trace_capacity: 2_000, ..NodeConfig::named("t-g10-chunks") }).unwrap();
+    let a = probe(&node, ProbeArgs::default());
+    node.trace(a.pid(), true).unwrap();
+    for n in 0..700 {
+        a.send(Cmd::Push(n)).unwrap();
+    }
+    ask(&a, Req::Ping).await;
+    let got = node.trace_read(a.pid(), 0, 10_000).unwrap();
+    assert_eq!(got.len(), 702, "700 casts, the call and its reply");
+    assert!(got.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+    assert_eq!(got[699].payload, json!({"Push": 699}));
+    assert_eq!(node.trace_read(a.pid(), 0, 300).unwrap(), got[..300].to_vec());
+    assert_eq!(node.trace_read(a.pid(), 256, 300).unwrap(), got[256..556].to_vec());
+}

@@ -4,7 +4,10 @@
 //!
 //! A process is an `Arc<Cell<B>>` held by the node's process table (and by [`Addr`]s). It owns:
 //! * a [`Header`] with what is the same for every behaviour: PID, parent, an atomic flag word,
-//!   counters, and [`Meta`] (label, links, monitors, registered name, trace ring) behind a mutex;
+//!   counters, [`Meta`] (label, links, monitors, registered name) behind a mutex, and the
+//!   trace ring behind its own spin lock ([`TraceSlot`]: a traced runner takes it once per
+//!   event, and a spin lock's unlock is a plain store where a parking mutex's is a second
+//!   atomic read-modify-write);
 //! * the **mailbox** (`Mutex<Mailbox>`): the queue senders push to, the system-message queue,
 //!   and the scheduling state (`running`, `suspended`, `closed`);
 //! * the **inbox** (`Mutex<VecDeque>`): the batch the runner took from the mailbox and has not
@@ -28,15 +31,15 @@
 //! Hence exactly one runner touches the state at a time, and every pushed message is handled by
 //! the runner that exists when it is pushed, or by the one the push spawns.
 //!
-//! Lock order: `inbox` before `mailbox`. `meta` is never held while taking another lock of the
-//! same cell.
+//! Lock order: `inbox` before `mailbox`. `meta` and `trace` are never held while taking another
+//! lock of the same cell.
 //!
 //! ## Cache-line layout
 //!
 //! A sender and the runner are often on two cores. Per message, a sender writes the mailbox
 //! (its lock word and the queue's indices) and reads `capacity` and the scheduling fields; the
 //! runner writes the inbox (its lock word and indices) and `Header::received`, reads
-//! `Header::flags`, and, when traced, takes the `meta` lock. If any of those shared a cache
+//! `Header::flags`, and, when traced, takes the `Header::trace` lock. If any of those shared a cache
 //! line, every push would invalidate a line the runner needs for its pop and the reverse: the
 //! line would cross between the cores about once per message. Measured on a 2-core machine,
 //! that false sharing made one-way send swing between ~5 and ~13 M msgs/s depending on whether
@@ -61,7 +64,7 @@ use tokio::sync::oneshot;
 use super::behaviour::{Behaviour, Down};
 use super::introspect::{ProcessInfo, ProcessStatus};
 use super::node::{CallError, NodeShared, SendError};
-use super::trace::{Payload, TraceKind, TraceRing};
+use super::trace::{Payload, TraceKind, TraceSlot};
 
 /// An exit signal is pending (see `Meta::pending_exit`): the runner must stop now.
 pub(crate) const F_KILL: u32 = 1;
@@ -197,7 +200,6 @@ pub(crate) struct Meta {
     /// Non-process observers waiting for the exit (`Node::wait_exit`).
     pub exit_waiters: Vec<oneshot::Sender<ExitReason>>,
     pub name: Option<Arc<str>>,
-    pub trace: Option<Box<TraceRing>>,
     /// Waker of the handler future in flight, woken by a kill.
     pub kill_waker: Option<Waker>,
     /// The exit signal that set `F_KILL`.
@@ -212,9 +214,9 @@ pub(crate) struct Meta {
 }
 
 /// `repr(C)`: the fields no one writes after spawn first (part of the gap after the mailbox),
-/// then `meta` (its lock word is written by a traced runner per message; its large body is
-/// rarely touched), then the counters and flags the runner touches per message; see
-/// "Cache-line layout" in the module docs.
+/// then `meta` (rarely touched on the message path), then what the runner touches per message:
+/// the trace slot (when traced), the counters and flags; see "Cache-line layout" in the module
+/// docs.
 #[repr(C)]
 pub(crate) struct Header {
     pub node: Arc<NodeShared>,
@@ -222,6 +224,8 @@ pub(crate) struct Header {
     /// The spawning process (a supervisor, for supervised processes). Never changes.
     pub parent: Option<Pid>,
     pub meta: Mutex<Meta>,
+    /// The trace ring, allocated when tracing is first switched on (or a stream is opened).
+    pub trace: TraceSlot,
     pub received: AtomicU64,
     pub sent: AtomicU64,
     pub flags: AtomicU32,
@@ -248,8 +252,7 @@ impl Header {
         value: T,
     ) {
         let at = self.node.now_ns();
-        let mut meta = self.meta.lock();
-        if let Some(ring) = meta.trace.as_mut() {
+        if let Some(ring) = self.trace.lock().as_mut() {
             ring.push_value(at, kind, peer, corr, value);
         }
     }
@@ -367,6 +370,7 @@ impl<B: Behaviour> Cell<B> {
                 received: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 meta: Mutex::new(Meta { label, ..Meta::default() }),
+                trace: TraceSlot::new(None),
                 node,
             },
             capacity: capacity.unwrap_or(usize::MAX),
@@ -572,6 +576,7 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
         };
         // The state is only measurable while idle (the runner owns it otherwise).
         let state_heap = self.state.try_lock().and_then(|s| s.as_ref().map(|b| b.heap_size())).unwrap_or(0);
+        let trace_bytes = self.hdr.trace.lock().as_ref().map_or(0, |t| t.approx_bytes());
         let meta = self.hdr.meta.lock();
         let status = if f & F_EXITING != 0 || meta.exited.is_some() || meta.terminating {
             ProcessStatus::Exiting
@@ -588,7 +593,7 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
             + state_heap
             + meta.links.capacity() * std::mem::size_of::<Pid>()
             + (meta.monitors.capacity() + meta.monitored_by.capacity()) * std::mem::size_of::<(MonitorRef, Pid)>()
-            + meta.trace.as_ref().map_or(0, |t| t.approx_bytes());
+            + trace_bytes;
         ProcessInfo {
             pid: self.hdr.pid,
             label: meta.label.as_deref().map(str::to_owned),

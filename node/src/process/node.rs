@@ -555,8 +555,23 @@ impl Node {
     /// Trace events of `pid` with sequence number greater than `after`, at most `max`.
     pub fn trace_read(&self, pid: Pid, after: u64, max: usize) -> Result<Vec<TraceEvent>, IntrospectError> {
         let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
-        let meta = p.header().meta.lock();
-        Ok(meta.trace.as_ref().map(|r| r.read(pid, after, max)).unwrap_or_default())
+        let mut out: Vec<TraceEvent> = Vec::new();
+        let mut after = after;
+        while out.len() < max {
+            let want = (max - out.len()).min(TraceRing::READ_CHUNK);
+            let chunk = match p.header().trace.lock().as_ref() {
+                Some(r) => r.read(pid, after, want),
+                None => break,
+            };
+            let Some(last) = chunk.last() else { break };
+            after = last.seq;
+            let short = chunk.len() < want;
+            out.extend(chunk);
+            if short {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// A live stream of `pid`'s trace events from now on (tracing must be on, or be switched on
@@ -564,11 +579,11 @@ impl Node {
     pub fn trace_stream(&self, pid: Pid) -> Result<TraceStream, IntrospectError> {
         let p = self.shared.lookup(pid).ok_or(IntrospectError::NoProc(pid))?;
         let (notify, after) = {
-            let mut meta = p.header().meta.lock();
+            let mut slot = p.header().trace.lock();
             let cap = self.shared.trace_capacity;
-            let ring = meta.trace.get_or_insert_with(|| Box::new(TraceRing::new(cap)));
+            let ring = slot.get_or_insert_with(|| Box::new(TraceRing::new(cap)));
             ring.watchers += 1;
-            let last = ring.read(pid, 0, usize::MAX).last().map_or(0, |e| e.seq);
+            let last = ring.last_seq();
             (Arc::clone(&ring.notify), last)
         };
         Ok(TraceStream { proc: p, pid, notify, after, buf: std::collections::VecDeque::new(), done: false })
@@ -709,15 +724,14 @@ impl TraceStream {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let exited = {
-                let meta = self.proc.header().meta.lock();
-                if let Some(ring) = meta.trace.as_ref() {
-                    self.buf.extend(ring.read(self.pid, self.after, 256));
-                }
-                // Not `meta.exited`: that is set before the exit effects are delivered and the
-                // `exited` event is pushed (last); ending on it could miss that event.
-                meta.exit_done
-            };
+            // Not `meta.exited`: that is set before the exit effects are delivered and the
+            // `exited` event is pushed (last); ending on it could miss that event. Read before
+            // the ring: the exit pushes `exited` before it sets `exit_done`, so when this is
+            // true the read below includes `exited` (when there is a ring at all).
+            let exited = self.proc.header().meta.lock().exit_done;
+            if let Some(ring) = self.proc.header().trace.lock().as_ref() {
+                self.buf.extend(ring.read(self.pid, self.after, TraceRing::READ_CHUNK));
+            }
             if let Some(last) = self.buf.back() {
                 self.after = last.seq;
                 continue;
@@ -733,7 +747,7 @@ impl TraceStream {
 
 impl Drop for TraceStream {
     fn drop(&mut self) {
-        if let Some(ring) = self.proc.header().meta.lock().trace.as_mut() {
+        if let Some(ring) = self.proc.header().trace.lock().as_mut() {
             ring.watchers = ring.watchers.saturating_sub(1);
         }
     }
@@ -901,10 +915,10 @@ impl NodeShared {
 
     pub(crate) fn set_trace(&self, p: &dyn AnyProcess, on: bool) {
         let hdr = p.header();
-        let mut meta = hdr.meta.lock();
+        let mut slot = hdr.trace.lock();
         if on {
             let cap = self.trace_capacity;
-            meta.trace.get_or_insert_with(|| Box::new(TraceRing::new(cap)));
+            slot.get_or_insert_with(|| Box::new(TraceRing::new(cap)));
             hdr.flags.fetch_or(F_TRACED, Ordering::SeqCst);
         } else {
             hdr.flags.fetch_and(!F_TRACED, Ordering::SeqCst);
@@ -1127,14 +1141,16 @@ impl NodeShared {
         }
         // Last: whoever sees `exited` in the trace knows every exit effect (links, monitors,
         // waiters) has been delivered.
-        let mut meta = hdr.meta.lock();
-        meta.exit_done = true;
-        if let Some(ring) = meta.trace.as_mut() {
+        // `exited` first, then `exit_done`: a stream that sees `exit_done` finds `exited` in
+        // the ring (see `TraceStream::next`).
+        if let Some(ring) = hdr.trace.lock().as_mut() {
             ring.push_value(self.now_ns(), TraceKind::Exited, None, None, reason.clone());
-            // Wake streams even when no watcher is counted, so they see the exit.
+        }
+        hdr.meta.lock().exit_done = true;
+        // Wake streams even when no watcher is counted, so they see the exit.
+        if let Some(ring) = hdr.trace.lock().as_ref() {
             ring.notify.notify_waiters();
         }
-        drop(meta);
         // Pending calls see their reply channel closed: `CallError::Exited`.
         drop(queued);
         drop(inbox);

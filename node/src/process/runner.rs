@@ -418,8 +418,7 @@ fn record_state<B: Behaviour>(hdr: &Header, state: &B) {
         return;
     };
     let changed = {
-        let mut meta = hdr.meta.lock();
-        match meta.trace.as_mut() {
+        match hdr.trace.lock().as_mut() {
             Some(ring) if ring.last_state.as_ref() != Some(&snap) => {
                 ring.last_state = Some(snap.clone());
                 true

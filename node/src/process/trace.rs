@@ -84,6 +84,16 @@ pub struct TraceEvent {
     pub payload: serde_json::Value,
 }
 
+/// Where a process keeps its trace ring: a spin lock, held only for one push or one read.
+///
+/// The runner pushes under it once per traced event, so its cost is on the traced message
+/// path: locking is one atomic read-modify-write and unlocking a plain release store (a
+/// parking mutex unlocks with a second read-modify-write, which also waits for the ring's
+/// stores to drain). Readers (trace read, streams, info) are rare and hold it just as briefly,
+/// so a waiter spins for at most one push or one bounded read. Nothing that can block or take
+/// another lock of the process runs under it.
+pub(crate) type TraceSlot = spin::mutex::SpinMutex<Option<Box<TraceRing>>>;
+
 /// The bounded ring of one process's trace events.
 pub(crate) struct TraceRing {
     capacity: usize,
@@ -177,6 +187,15 @@ impl TraceRing {
             })
             .collect()
     }
+
+    /// The sequence number of the newest record (0 if none was ever pushed).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Reads in chunks of at most this many events, each under its own lock hold: a read
+    /// renders JSON under the slot's lock, and the runner waits for it before its next push.
+    pub(crate) const READ_CHUNK: usize = 256;
 
     pub(crate) fn approx_bytes(&self) -> usize {
         self.records.capacity() * std::mem::size_of::<TraceRecord>()
