@@ -152,10 +152,18 @@ async fn a_hot_node_that_joins_later_is_added_as_a_voter() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn g5_a_hot_node_restarted_with_its_data_rejoins_and_catches_up() {
+/// The voter ids of the group, as `h` sees it.
+fn voter_ids(h: &Hot) -> std::collections::BTreeSet<u64> {
+    h.raft.raft().metrics().borrow().membership_config.voter_ids().collect()
+}
+
+/// A follower of a group of three goes down (Raft, gossip and node), the group commits an
+/// entry without it, and it comes back as a new incarnation of the same name — on its own
+/// data directory, or (`wipe`) on an emptied one. Returns the group and the returned node's
+/// Raft id before and after.
+async fn restart_a_follower(test: &str, wipe: bool) -> (Vec<Hot>, u64, u64) {
     let ca = TestCa::new();
-    let mut hot = hot_nodes(&ca, "restart", &["hot-1", "hot-2", "hot-3"]).await;
+    let mut hot = hot_nodes(&ca, test, &["hot-1", "hot-2", "hot-3"]).await;
     let before = {
         let all: Vec<&Hot> = hot.iter().collect();
         until("a group of three", || {
@@ -168,11 +176,12 @@ async fn g5_a_hot_node_restarted_with_its_data_rejoins_and_catches_up() {
             .await;
         before
     };
-    // A follower goes down (its Raft, gossip and node), keeping its sled directory.
     let l = leader_of(&hot.iter().collect::<Vec<_>>()).expect("leader");
     let f = (l + 1) % 3;
     let gone = hot.remove(f);
     let name = gone.node.id().name().to_string();
+    let old_id = gone.raft.status().id;
+    assert_eq!(gone.raft.status().id_origin, "new", "a first start draws its id");
     gone.raft.shutdown().await;
     gone.membership.stop().await;
     gone.node.shutdown(Duration::from_secs(1)).await;
@@ -183,14 +192,17 @@ async fn g5_a_hot_node_restarted_with_its_data_rejoins_and_catches_up() {
     let l = leader_of(&rest).expect("leader");
     within("propose while it is down", rest[l].raft.propose(create("during"))).await.expect("committed");
 
-    // It restarts as a new incarnation of the same name, on the same data directory (sled's lock
-    // is released once the old store is dropped: retry the open briefly).
+    // It restarts as a new incarnation of the same name (sled's lock is released once the old
+    // store is dropped: retry the open briefly).
+    let data = std::env::temp_dir().join(format!("soma-raft-{test}-{}-{name}", std::process::id()));
     let node = ca.node(&name, 2);
     let cfg = MembershipConfig { role: Role::Hot, seeds: vec![seed_of(&hot[0].node)], ..MembershipConfig::default() };
     let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
-    let data = std::env::temp_dir().join(format!("soma-raft-restart-{}-{name}", std::process::id()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let raft = loop {
+        if wipe {
+            let _ = std::fs::remove_dir_all(&data);
+        }
         match RaftNode::start(&node, &membership, RaftConfig::new(data.clone(), 3)).await {
             Ok(r) => break r,
             Err(e) => {
@@ -199,16 +211,56 @@ async fn g5_a_hot_node_restarted_with_its_data_rejoins_and_catches_up() {
             }
         }
     };
-    // It has what it had (index `before`) and what it missed. (That the first came from its own
-    // disk rather than from the leader is not told apart here: the store's reopen is covered by
-    // `raft::store::tests::a_reopened_store_keeps_its_vote_log_and_snapshot`.)
+    let new_id = raft.status().id;
+    // It has what it had (index `before`) and what it missed.
     until("it has everything", || raft.read(|s| s.sups.contains_key("before") && s.sups.contains_key("during"))).await;
     assert!(raft.read(|s| s.last_applied) >= before, "the state machine is at or past the entry it had");
-
     hot.push(Hot { node, membership, raft });
+    (hot, old_id, new_id)
+}
+
+/// G5: a follower restarted on its own data comes back as the same Raft member — its id is
+/// read from its own store (`id_origin` "stored"), which proves it used its own disk — and
+/// catches up on what it missed; the group is the same three voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_a_hot_node_restarted_with_its_data_rejoins_and_catches_up() {
+    let (hot, old_id, new_id) = restart_a_follower("restart", false).await;
+    let back = hot.last().expect("the restarted node");
+    assert_eq!(new_id, old_id, "the same member");
+    assert_eq!(back.raft.status().id_origin, "stored", "its id came from its own disk");
     let all: Vec<&Hot> = hot.iter().collect();
-    until("still three voters, one leader", || leader_of(&all).is_some_and(|l| all[l].raft.status().voters.len() == 3))
-        .await;
+    until("still three voters, one leader, the same ids", || {
+        leader_of(&all).is_some_and(|l| all[l].raft.status().voters.len() == 3 && voter_ids(all[l]).contains(&old_id))
+    })
+    .await;
+    for h in &all {
+        h.raft.shutdown().await;
+    }
+}
+
+/// G5: a follower whose data was wiped comes back as a new Raft member (a new id, which never
+/// voted): the leader adds it and removes its old id in the same change, so the group is
+/// again three voters under three names, and the new member has every committed entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_a_hot_node_with_wiped_data_rejoins_as_a_new_member() {
+    let (hot, old_id, new_id) = restart_a_follower("wiped", true).await;
+    let back = hot.last().expect("the restarted node");
+    assert_ne!(new_id, old_id, "a new member");
+    assert_eq!(back.raft.status().id_origin, "new");
+    let all: Vec<&Hot> = hot.iter().collect();
+    until("three voters: the new id in, the old one out", || {
+        leader_of(&all).is_some_and(|l| {
+            let ids = voter_ids(all[l]);
+            let s = all[l].raft.status();
+            ids.len() == 3 && ids.contains(&new_id) && !ids.contains(&old_id) && s.learners.is_empty() && !s.changing
+        })
+    })
+    .await;
+    let l = leader_of(&all).expect("leader");
+    assert_eq!(all[l].raft.status().voters, vec!["hot-1", "hot-2", "hot-3"]);
+    // The group still commits, the new member included.
+    within("propose after", all[l].raft.propose(create("after"))).await.expect("committed");
+    until("replicated to the new member", || back.raft.read(|s| s.sups.contains_key("after"))).await;
     for h in &all {
         h.raft.shutdown().await;
     }

@@ -41,6 +41,12 @@ pub mod keys {
     /// Providers the node serves but has marked unavailable (rate-limited, breaker open),
     /// comma-separated.
     pub const PROVIDERS_DOWN: &str = "providers.down";
+    /// A hot node's Raft member id (decimal), read from its Raft store: it changes when the
+    /// node's data is wiped, so a wiped node joins the group as a new member.
+    pub const RAFT_ID: &str = "raft.id";
+    /// `1` once the hot node belongs to a Raft group (its store holds one): a node with an
+    /// empty store does not found a new group while a member of one is in sight.
+    pub const RAFT_INIT: &str = "raft.init";
 }
 
 /// Longest provider list a member may advertise (G8).
@@ -119,6 +125,12 @@ pub struct Member {
     /// Providers it serves but has marked unavailable, sorted.
     #[serde(default)]
     pub unavailable: Vec<String>,
+    /// Its Raft member id, once its Raft has started (hot nodes).
+    #[serde(default)]
+    pub raft_id: Option<u64>,
+    /// It belongs to a Raft group.
+    #[serde(default)]
+    pub raft_init: bool,
 }
 
 impl Member {
@@ -142,6 +154,8 @@ impl Member {
             load: Load::default(),
             leaving: false,
             unavailable: Vec::new(),
+            raft_id: None,
+            raft_init: false,
         };
         let mut problems = Vec::new();
         for (k, v) in kvs {
@@ -164,6 +178,11 @@ impl Member {
                 keys::LOAD_PROCESSES => num(v, k, &mut m.load.processes, &mut problems),
                 keys::LOAD_MAILBOX => num(v, k, &mut m.load.mailbox, &mut problems),
                 keys::STATUS => m.leaving = v == "leaving",
+                keys::RAFT_INIT => m.raft_init = v == "1",
+                keys::RAFT_ID => match v.parse() {
+                    Ok(id) => m.raft_id = Some(id),
+                    Err(_) => problems.push(format!("raft id {v:?} is not a number")),
+                },
                 _ => {} // keys of later versions
             }
         }

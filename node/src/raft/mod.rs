@@ -10,8 +10,9 @@
 //! * [`node`]: a hot node's Raft — the group formed from gossip membership on first start,
 //!   grown by the leader, and guarded against disruptive elections (no pre-vote in 0.9).
 //!
-//! Node ids are derived from node names ([`node_id`]), so a hot node's Raft id is stable across
-//! restarts and needs no configuration.
+//! A hot node's Raft id belongs to its data: drawn when its store is created, kept in the
+//! store, gossiped; a restart on the same data keeps it, wiped data makes a new member (see
+//! [`node`]'s docs). No configuration is needed.
 
 pub mod network;
 pub mod node;
@@ -22,7 +23,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 use supervisor::cluster::{Command, Effect, Rejected};
 
-/// A Raft member: the soma node it is (ids are derived from names, see [`node_id`]).
+/// A Raft member: the soma node it is (its id is its store's, see [`store::LogStore::member_id`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftMember {
     /// The soma node name.
@@ -49,8 +50,8 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
-/// The Raft id of the node named `name`: a stable 64-bit FNV-1a hash of the name (no
-/// configuration, the same on every node and across restarts).
+/// The Raft id of the node named `name` for a store created before ids were stored: a stable
+/// 64-bit FNV-1a hash of the name.
 pub fn node_id(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.as_bytes() {

@@ -7,6 +7,12 @@
 //! timeout is `RPCError::Timeout` (the RPC honours `RPCOption::hard_ttl`), any other transport
 //! failure is `RPCError::Network`, and the peer's own `RaftError` comes back as
 //! `RPCError::RemoteError`.
+//!
+//! Every request names the Raft member it is for. Peers are dialed by node *name*, and a name
+//! can come back as a different member (its data was wiped: a new id, see
+//! [`node`](super::node)); such a node answers [`Answer::WrongMember`] to requests for its old
+//! id, which the sender takes as "unreachable" — the old member is gone — so the leader's view
+//! of the old member's log never goes backwards.
 
 use std::sync::Arc;
 
@@ -30,7 +36,14 @@ pub const RAFT_SERVICE: u16 = 2;
 
 type NodeId = u64;
 
-/// A Raft request on the wire.
+/// A Raft request on the wire, for the member `to`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Addressed {
+    to: NodeId,
+    req: Request,
+}
+
+/// A Raft request.
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
@@ -44,6 +57,8 @@ enum Answer {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The node is not the member the request was for (it is this one).
+    WrongMember(NodeId),
 }
 
 /// Makes a [`Network`] per peer.
@@ -82,11 +97,18 @@ impl Network {
         option: &RPCOption,
     ) -> Result<Answer, RPCError<NodeId, RaftMember, E>> {
         let mut body = Vec::new();
-        encode_payload(&mut body, &req).map_err(|e| RPCError::Network(NetworkError::new(&Transport(e.to_string()))))?;
+        encode_payload(&mut body, &Addressed { to: self.target, req })
+            .map_err(|e| RPCError::Network(NetworkError::new(&Transport(e.to_string()))))?;
         let timeout = option.hard_ttl();
         match self.dist.rpc(&self.name, RAFT_SERVICE, body, timeout).await {
-            Ok((_, answer)) => decode_payload::<Answer>(&answer)
-                .map_err(|e| RPCError::Network(NetworkError::new(&Transport(format!("bad Raft answer: {e}"))))),
+            Ok((_, answer)) => match decode_payload::<Answer>(&answer) {
+                Ok(Answer::WrongMember(is)) => Err(RPCError::Unreachable(Unreachable::new(&Transport(format!(
+                    "{} is now Raft member {is:x}, not {:x}",
+                    self.name, self.target
+                ))))),
+                Ok(a) => Ok(a),
+                Err(e) => Err(RPCError::Network(NetworkError::new(&Transport(format!("bad Raft answer: {e}"))))),
+            },
             Err(RpcError::NoConnection(n)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&Transport(format!("{n} is unreachable")))))
             }
@@ -141,15 +163,21 @@ impl RaftNetwork<TypeConfig> for Network {
 /// The server side: peers' Raft RPCs into the local Raft.
 pub(crate) struct Service {
     pub(crate) raft: Raft<TypeConfig>,
+    /// This node's member id: requests for another are answered `WrongMember`.
+    pub(crate) me: NodeId,
 }
 
 impl RpcService for Service {
     fn serve(&self, from: SomaNodeId, body: Vec<u8>) -> RpcFuture {
-        let raft = self.raft.clone();
+        let (raft, me) = (self.raft.clone(), self.me);
         Box::pin(async move {
-            let req: Request =
+            let Addressed { to, req } =
                 decode_payload(&body).map_err(|e| format!("Raft request from {from} does not decode: {e}"))?;
             let answer = match req {
+                _ if to != me => {
+                    tracing::debug!(%from, to = format_args!("{to:x}"), "a Raft request for this node's former member id");
+                    Answer::WrongMember(me)
+                }
                 Request::Append(r) => Answer::Append(raft.append_entries(r).await),
                 Request::Vote(r) => Answer::Vote(raft.vote(r).await),
                 Request::Snapshot(r) => Answer::Snapshot(raft.install_snapshot(r).await),

@@ -3,15 +3,32 @@
 //!
 //! ## Forming the group
 //!
-//! * **First start**: once at least `expect_voters` hot members are visible (and that view has
-//!   not changed for [`RaftConfig::settle`]), the one with the
+//! ## Member ids belong to the data
+//!
+//! A hot node's Raft id is stored in its Raft store ([`LogStore::member_id`]): drawn at random
+//! when the store is created, read back on every later start, and gossiped (key
+//! [`keys::RAFT_ID`]). A node restarted **on its own data** keeps its id, its vote and its log,
+//! and simply catches up. A node whose **data was wiped** comes back with a new id: to the
+//! group it is a new member, which the leader adds (as a learner first) while removing the
+//! old id of the same name in the same membership change. Reusing the old id instead would let
+//! a voter that forgot its vote vote twice in one term, which breaks Raft's safety.
+//! [`RaftStatus::id_origin`] tells which case a node is in.
+//!
+//! ## Forming the group
+//!
+//! * **First start**: once at least `expect_voters` hot members are visible with their Raft ids
+//!   (and that view has not changed for [`RaftConfig::settle`]), the one with the
 //!   smallest name among the `expect_voters` smallest-named hot members initializes Raft with
 //!   exactly those as voters (the others wait to be contacted). With `expect_voters = 1` a lone
 //!   hot node forms a one-voter group at once. Initializing again is harmless (openraft refuses,
-//!   which is treated as done).
-//! * **Growth**: the leader adds every hot member it sees that is not yet in the group, as a
-//!   learner (caught up first) and then as a voter. A member that is lost stays a voter (it may
-//!   come back with its data); `soma raft remove` removes one for good.
+//!   which is treated as done). No group is founded while a hot member that already belongs to
+//!   one is in sight (gossip key [`keys::RAFT_INIT`]): a node that comes back with wiped data
+//!   waits to be added to the existing group instead.
+//! * **Growth**: the leader adds every hot member it sees whose id is not yet in the group, as a
+//!   learner (caught up first) and then as a voter; an id of the same name already in the group
+//!   (the member before its data was wiped) leaves it in the same change. A member that is
+//!   lost stays a voter (it may come back with its data); `soma raft remove` removes one for
+//!   good.
 //! * **A returning cut-off node must not unseat a healthy leader** (openraft 0.9 has no
 //!   pre-vote): a node that sees less than a majority of the voters through membership does
 //!   not start elections (`runtime_config().elect(false)`), so its term does not climb while it
@@ -28,8 +45,11 @@ use serde::Serialize;
 use supervisor::cluster::{ClusterState, Command};
 
 use super::network::{Factory, Service, RAFT_SERVICE};
-use super::store::{open, OpenError, StateMachine};
-use super::{node_id, Applied, RaftMember, TypeConfig};
+#[cfg(doc)]
+use super::store::LogStore;
+use super::store::{open, MemberIdOrigin, OpenError, StateMachine};
+use super::{Applied, RaftMember, TypeConfig};
+use crate::membership::view::keys;
 use crate::membership::{Membership, Role};
 use crate::Node;
 
@@ -94,6 +114,9 @@ pub enum ProposeError {
 pub struct RaftStatus {
     /// This node's Raft id.
     pub id: u64,
+    /// Where the id came from at start: `stored` (restarted on its own data), `new` (first
+    /// start, or its data was wiped) or `from_name` (a store from before ids were stored).
+    pub id_origin: String,
     /// Its name.
     pub name: String,
     /// leader, follower, candidate or learner.
@@ -122,7 +145,9 @@ pub struct RaftNode {
     raft: Raft<TypeConfig>,
     sm: StateMachine,
     id: u64,
+    id_origin: MemberIdOrigin,
     name: String,
+    membership: Membership,
     elections: Arc<std::sync::atomic::AtomicBool>,
     task: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -138,7 +163,6 @@ impl RaftNode {
     pub async fn start(node: &Node, membership: &Membership, cfg: RaftConfig) -> Result<RaftNode, RaftStartError> {
         let dist = node.dist().cloned().ok_or(RaftStartError::NotDistributed)?;
         let name = node.id().name().to_string();
-        let id = node_id(&name);
         let config = Config {
             cluster_name: "soma".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
@@ -152,16 +176,21 @@ impl RaftNode {
         .validate()
         .map_err(|e| RaftStartError::Raft(e.to_string()))?;
         let (log, sm) = open(&cfg.dir)?;
+        let (id, id_origin) = log.member_id(&name)?;
+        tracing::info!(id = format_args!("{id:x}"), origin = ?id_origin, "Raft member id");
         let factory = Factory { dist: Arc::clone(&dist), me: id };
         let raft = Raft::new(id, Arc::new(config), factory, log, sm.clone())
             .await
             .map_err(|e| RaftStartError::Raft(e.to_string()))?;
-        dist.set_rpc_service(RAFT_SERVICE, Arc::new(Service { raft: raft.clone() }));
+        dist.set_rpc_service(RAFT_SERVICE, Arc::new(Service { raft: raft.clone(), me: id }));
+        membership.set_key(keys::RAFT_ID, &id.to_string()).await;
         let rn = RaftNode {
             raft,
             sm,
             id,
+            id_origin,
             name,
+            membership: membership.clone(),
             elections: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             task: Arc::default(),
         };
@@ -200,11 +229,21 @@ impl RaftNode {
         let learners: Vec<String> = m.membership_config.membership().learner_ids().map(|i| name_of(&i)).collect();
         RaftStatus {
             id: self.id,
+            id_origin: match self.id_origin {
+                MemberIdOrigin::Stored => "stored",
+                MemberIdOrigin::New => "new",
+                MemberIdOrigin::FromName => "from_name",
+            }
+            .to_owned(),
             name: self.name.clone(),
             state: format!("{:?}", m.state).to_lowercase(),
             term: m.current_term,
             leader: m.current_leader.as_ref().map(name_of),
-            voters: voters.iter().map(name_of).collect(),
+            voters: {
+                let mut v: Vec<String> = voters.iter().map(name_of).collect();
+                v.sort();
+                v
+            },
             learners,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
@@ -214,21 +253,60 @@ impl RaftNode {
         }
     }
 
-    /// Adds the hot node `name` as a voter (the leader only).
+    /// Adds the hot node `name` as a voter (the leader only), under the Raft id it gossips;
+    /// an older id of the same name leaves the group in the same change (module docs).
     pub async fn add_voter(&self, name: &str) -> Result<(), ProposeError> {
-        let id = node_id(name);
+        let id =
+            self.membership.member(name).and_then(|m| m.raft_id).ok_or_else(|| {
+                ProposeError::Raft(format!("{name} gossips no Raft id (not a hot node running Raft?)"))
+            })?;
+        self.add_member(name, id).await
+    }
+
+    async fn add_member(&self, name: &str, id: u64) -> Result<(), ProposeError> {
         self.raft.add_learner(id, RaftMember { name: name.to_owned() }, true).await.map_err(write_error)?;
-        let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+        let (mut voters, stale) = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            let voters: BTreeSet<u64> = m.voter_ids().collect();
+            let stale: BTreeSet<u64> =
+                m.nodes().filter(|(i, n)| n.name == name && **i != id).map(|(i, _)| *i).collect();
+            (voters, stale)
+        };
+        if !stale.is_empty() {
+            tracing::info!(node = %name, new = format_args!("{id:x}"), old = ?stale, "a hot node with new data replaces its old Raft member");
+        }
+        voters.retain(|v| !stale.contains(v));
         voters.insert(id);
+        // `retain = false`: the replaced id does not stay on as a learner.
         self.raft.change_membership(voters, false).await.map_err(write_error)?;
+        let left: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(i, _)| *i)
+            .filter(|i| stale.contains(i))
+            .collect();
+        if !left.is_empty() {
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(left), false)
+                .await
+                .map_err(write_error)?;
+        }
         Ok(())
     }
 
-    /// Removes `name` from the group (the leader only).
+    /// Removes `name` from the group (the leader only): every Raft id it has had.
     pub async fn remove(&self, name: &str) -> Result<(), ProposeError> {
-        let id = node_id(name);
-        let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
-        if !voters.remove(&id) {
+        let (mut voters, ids) = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            let ids: BTreeSet<u64> = m.nodes().filter(|(_, n)| n.name == name).map(|(i, _)| *i).collect();
+            (m.voter_ids().collect::<BTreeSet<u64>>(), ids)
+        };
+        let before = voters.len();
+        voters.retain(|v| !ids.contains(v));
+        if voters.len() == before {
             return Err(ProposeError::Raft(format!("{name} is not a voter")));
         }
         self.raft.change_membership(voters, false).await.map(|_| ()).map_err(write_error)
@@ -256,14 +334,23 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, RaftMember>>) -> ProposeE
 /// Forms and grows the group from membership, and keeps the pre-vote guard (module docs).
 async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
     let mut initialized = rn.raft.is_initialized().await.unwrap_or(false);
+    let mut announced = false;
     // The hot members seen, and since when unchanged: a group is founded only on a view that
     // has settled (so two hot nodes started at once do not each found their own).
-    let mut last_hot: Vec<String> = Vec::new();
+    let mut last_hot: Vec<(String, Option<u64>)> = Vec::new();
     let mut stable_since = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(cfg.manage_every).await;
-        let mut hot: Vec<String> =
-            membership.members().into_iter().filter(|m| m.role == Role::Hot && !m.leaving).map(|m| m.name).collect();
+        // Hot members and their Raft ids (this node's own from here: gossip shows it a round late).
+        let mut hot: Vec<(String, Option<u64>)> = membership
+            .members()
+            .into_iter()
+            .filter(|m| m.role == Role::Hot && !m.leaving)
+            .map(|m| {
+                let id = if m.name == rn.name { Some(rn.id) } else { m.raft_id };
+                (m.name, id)
+            })
+            .collect();
         hot.sort();
         if hot != last_hot {
             last_hot = hot.clone();
@@ -272,11 +359,19 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
         if !initialized {
             initialized = rn.raft.is_initialized().await.unwrap_or(false);
         }
-        if !initialized && hot.len() >= cfg.expect_voters && stable_since.elapsed() >= cfg.settle {
-            let founders: Vec<String> = hot.iter().take(cfg.expect_voters).cloned().collect();
-            if founders.first() == Some(&rn.name) {
+        if initialized && !announced {
+            membership.set_key(keys::RAFT_INIT, "1").await;
+            announced = true;
+        }
+        let group_in_sight =
+            membership.members().iter().any(|m| m.role == Role::Hot && m.name != rn.name && m.raft_init);
+        if !initialized && !group_in_sight && hot.len() >= cfg.expect_voters && stable_since.elapsed() >= cfg.settle {
+            let founders: Vec<(String, Option<u64>)> = hot.iter().take(cfg.expect_voters).cloned().collect();
+            let all_ids = founders.iter().all(|(_, id)| id.is_some());
+            if all_ids && founders.first().map(|(n, _)| n) == Some(&rn.name) {
                 let members: BTreeMap<u64, RaftMember> =
-                    founders.iter().map(|n| (node_id(n), RaftMember { name: n.clone() })).collect();
+                    founders.iter().filter_map(|(n, id)| id.map(|id| (id, RaftMember { name: n.clone() }))).collect();
+                let founders: Vec<&String> = founders.iter().map(|(n, _)| n).collect();
                 match rn.raft.initialize(members).await {
                     Ok(()) => tracing::info!(voters = ?founders, "formed the Raft group"),
                     Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -286,13 +381,9 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
             }
         }
         // The pre-vote guard: no elections without a visible majority of the voters.
-        let voters: BTreeMap<u64, String> = {
-            let m = rn.raft.metrics().borrow().membership_config.clone();
-            let names: BTreeMap<u64, String> = m.nodes().map(|(id, n)| (*id, n.name.clone())).collect();
-            m.voter_ids().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect()
-        };
+        let voters: BTreeSet<u64> = rn.raft.metrics().borrow().membership_config.voter_ids().collect();
         if !voters.is_empty() {
-            let visible = voters.values().filter(|n| **n == rn.name || hot.contains(n)).count();
+            let visible = voters.iter().filter(|v| hot.iter().any(|(_, id)| *id == Some(**v))).count();
             let majority = visible * 2 > voters.len();
             let was = rn.elections.swap(majority, std::sync::atomic::Ordering::Relaxed);
             if was != majority {
@@ -302,12 +393,10 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
         }
         // Growth: the leader adds hot members that are not in the group yet.
         if rn.is_leader() {
-            let in_group: BTreeSet<String> = {
-                let m = rn.raft.metrics().borrow().membership_config.clone();
-                m.nodes().map(|(_, n)| n.name.clone()).collect()
-            };
-            for name in hot.iter().filter(|n| !in_group.contains(*n)) {
-                match rn.add_voter(name).await {
+            let in_group: BTreeSet<u64> =
+                rn.raft.metrics().borrow().membership_config.nodes().map(|(i, _)| *i).collect();
+            for (name, id) in hot.iter().filter_map(|(n, id)| id.filter(|i| !in_group.contains(i)).map(|i| (n, i))) {
+                match rn.add_member(name, id).await {
                     Ok(()) => tracing::info!(node = %name, "added a hot node to the Raft group"),
                     Err(e) => tracing::debug!(node = %name, error = %e, "cannot add a hot node yet"),
                 }

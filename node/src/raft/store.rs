@@ -47,6 +47,7 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_SNAP_META: &[u8] = b"meta";
 const KEY_SNAP_DATA: &[u8] = b"data";
+const KEY_MEMBER_ID: &[u8] = b"member_id";
 
 type NodeId = u64;
 type SE = StorageError<NodeId>;
@@ -60,6 +61,20 @@ pub enum OpenError {
     /// The stored snapshot does not decode.
     #[error("the stored snapshot in {0} is unreadable: {1}")]
     Snapshot(String, String),
+    /// The store's member id is unreadable or cannot be written.
+    #[error("the Raft member id in the store: {0}")]
+    MemberId(String),
+}
+
+/// Where a store's Raft member id came from (see [`LogStore::member_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberIdOrigin {
+    /// Read back from the store: the node restarted on its own data.
+    Stored,
+    /// The store was empty: a new id was drawn and written (first start, or wiped data).
+    New,
+    /// The store had Raft state from before ids were stored: the name-derived id, now stored.
+    FromName,
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
@@ -152,6 +167,38 @@ impl LogStore {
     async fn put_meta<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), AnyError> {
         self.meta.insert(key, enc(v)?).map_err(sled_err)?;
         flush(&self.db).await
+    }
+
+    /// This store's Raft member id: the one stored, or, for an empty store, a new random one,
+    /// written and flushed before it is returned.
+    ///
+    /// The id belongs to the *data*, not to the node's name: a node that restarts on its own
+    /// data keeps its id (its vote and log are still its own), and a node whose data was wiped
+    /// gets a new one, so the group sees a new member — one that never voted — instead of an
+    /// old voter that forgot its vote (which would let it vote twice in a term). A store with
+    /// Raft state but no id (made before ids were stored) keeps the id derived from `name`.
+    pub fn member_id(&self, name: &str) -> Result<(u64, MemberIdOrigin), OpenError> {
+        let bad = |e: AnyError| OpenError::MemberId(e.to_string());
+        if let Some(id) = self.get_meta::<u64>(KEY_MEMBER_ID).map_err(bad)? {
+            return Ok((id, MemberIdOrigin::Stored));
+        }
+        let has_state = self.meta.get(KEY_VOTE).map_err(|e| bad(sled_err(e)))?.is_some()
+            || self.last_entry().map_err(bad)?.is_some()
+            || self.get_meta::<LogId<NodeId>>(KEY_PURGED).map_err(bad)?.is_some();
+        let (id, origin) = if has_state {
+            (super::node_id(name), MemberIdOrigin::FromName)
+        } else {
+            use ring::rand::SecureRandom as _;
+            let mut b = [0u8; 8];
+            ring::rand::SystemRandom::new()
+                .fill(&mut b)
+                .map_err(|_| OpenError::MemberId("no system randomness".into()))?;
+            // Never 0 (kept free as "no id" in logs and tools).
+            (u64::from_le_bytes(b).max(1), MemberIdOrigin::New)
+        };
+        self.meta.insert(KEY_MEMBER_ID, enc(&id).map_err(bad)?).map_err(|e| bad(sled_err(e)))?;
+        self.db.flush().map_err(|e| bad(sled_err(e)))?;
+        Ok((id, origin))
     }
 
     fn last_entry(&self) -> Result<Option<LogId<NodeId>>, AnyError> {
@@ -431,6 +478,39 @@ mod tests {
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(Builder).expect("the sled store passes openraft's storage suite");
+    }
+
+    #[tokio::test]
+    async fn the_member_id_belongs_to_the_data() {
+        let dir = std::env::temp_dir().join(format!("soma-raft-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = {
+            let (log, _sm) = open(&dir).expect("open");
+            let (id, origin) = log.member_id("hot-1").expect("id");
+            assert_eq!(origin, MemberIdOrigin::New);
+            assert_ne!(id, 0);
+            assert_eq!(log.member_id("hot-1").expect("again"), (id, MemberIdOrigin::Stored));
+            id
+        };
+        // Reopened (a restart on its own data): the same id, read back.
+        {
+            let (log, _sm) = open(&dir).expect("reopen");
+            assert_eq!(log.member_id("hot-1").expect("id"), (first, MemberIdOrigin::Stored));
+        }
+        // Wiped: a new id.
+        std::fs::remove_dir_all(&dir).expect("wipe");
+        {
+            let (log, _sm) = open(&dir).expect("open wiped");
+            let (id, origin) = log.member_id("hot-1").expect("id");
+            assert_eq!(origin, MemberIdOrigin::New);
+            assert_ne!(id, first, "a wiped store is a new member");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        // A store with Raft state but no stored id keeps the name-derived id.
+        let (mut log, _sm) = open_temporary().expect("temporary");
+        log.save_vote(&Vote::new(1, 1)).await.expect("vote");
+        assert_eq!(log.member_id("hot-1").expect("id"), (crate::raft::node_id("hot-1"), MemberIdOrigin::FromName));
+        assert_eq!(log.member_id("hot-1").expect("id").1, MemberIdOrigin::Stored);
     }
 
     #[tokio::test]
