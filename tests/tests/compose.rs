@@ -373,7 +373,8 @@ fn compose_cluster_survives_kill_pause_and_partition() {
 
     rt.block_on(converge(&api, t_up, up));
     cluster.find_containers();
-    rt.block_on(scenario(&cluster, &api));
+    let counter = rt.block_on(scenario(&cluster, &api));
+    rt.block_on(raft_faults(&mut cluster, &api, &counter));
     drop(cluster);
 }
 
@@ -394,7 +395,8 @@ async fn converge(api: &AdminClient, t_up: Instant, up: Duration) {
     metric("converge_total_ms", ms(converged));
 }
 
-async fn scenario(cluster: &Cluster, api: &AdminClient) {
+/// Returns the PID of the counter spawned by hand (not supervised).
+async fn scenario(cluster: &Cluster, api: &AdminClient) -> String {
     let all = sorted(&NODES);
 
     // Roles and providers, as hot-1 sees them (and the same incarnations everywhere).
@@ -543,6 +545,150 @@ async fn scenario(cluster: &Cluster, api: &AdminClient) {
     for (what, d) in [("kill", kill), ("pause", pause), ("network disconnect (peers in steady state)", cut)] {
         assert!(d <= DETECT_TARGET, "{what}: down on every peer after {d:?}, the target is {DETECT_TARGET:?}");
     }
+    pid
+}
+
+/// How long the Raft leader stays cut off in the pre-vote step: many election timeouts (400–800
+/// ms), so a cut-off node that campaigned would have climbed its term by several.
+const RAFT_CUT_HELD: Duration = Duration::from_secs(4);
+
+/// Each hot node's Raft status as `api` gathers it (`GET /v1/raft`); nodes that did not
+/// answer are left out.
+async fn raft_statuses(api: &AdminClient) -> BTreeMap<String, Value> {
+    let Ok(v) = api.get("/v1/raft").await else { return BTreeMap::new() };
+    v["nodes"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|n| Some((n["node"].as_str()?.to_owned(), n.get("status")?.clone()))).collect())
+        .unwrap_or_default()
+}
+
+/// Polls [`raft_statuses`] until `cond` holds; the statuses that met it.
+async fn until_raft(
+    api: &AdminClient,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&BTreeMap<String, Value>) -> bool,
+) -> BTreeMap<String, Value> {
+    let t0 = Instant::now();
+    loop {
+        let s = raft_statuses(api).await;
+        if cond(&s) {
+            return s;
+        }
+        if t0.elapsed() > deadline {
+            panic!("{what}: not within {deadline:?}; last seen {s:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The leader every status in `s` names, if they all name the same one.
+fn agreed_leader(s: &BTreeMap<String, Value>) -> Option<String> {
+    let mut leaders = s.values().map(|v| v["leader"].as_str());
+    let first = leaders.next()??;
+    leaders.all(|l| l == Some(first)).then(|| first.to_owned())
+}
+
+/// Three hot nodes, one agreed leader, no membership change in flight, three voters.
+fn settled(s: &BTreeMap<String, Value>) -> bool {
+    s.len() == 3
+        && agreed_leader(s).is_some()
+        && s.values().all(|v| v["changing"] == false && v["voters"].as_array().is_some_and(|l| l.len() == 3))
+}
+
+fn u64_of(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+/// 10–12: Raft faults on the hot nodes. Supervision keeps running throughout: at the end the
+/// two supervised workers still run, once each.
+async fn raft_faults(cluster: &mut Cluster, api: &AdminClient, other_counter: &str) {
+    // 10. The Raft leader cut off the network, then healed. The other two elect a new leader;
+    // the cut-off one sees no majority in gossip and starts no election (the pre-vote guard),
+    // so when it is back its term has not climbed: it follows the new leader, which stays
+    // leader in the same term.
+    let (old, watch) = leader_and_watch(cluster, api).await;
+    until_raft(&watch, "a settled group", CONVERGE_DEADLINE, settled).await;
+    let net = cluster.network();
+    let t0 = Instant::now();
+    docker(&["network", "disconnect", &net, cluster.container(&old)]);
+    let cut = until_raft(&watch, "a new leader while the old one is cut off", DETECT_DEADLINE, |s| {
+        let rest: BTreeMap<String, Value> =
+            s.iter().filter(|(n, _)| **n != old).map(|(n, v)| (n.clone(), v.clone())).collect();
+        rest.len() == 2 && agreed_leader(&rest).is_some_and(|l| l != old)
+    })
+    .await;
+    metric("raft_cut_leader_new_leader_ms", ms(t0.elapsed()));
+    let new = cut.values().find_map(|v| v["leader"].as_str().filter(|l| **l != *old)).expect("a new leader").to_owned();
+    let term = u64_of(&cut[&new], "term");
+    tokio::time::sleep(RAFT_CUT_HELD.saturating_sub(t0.elapsed())).await;
+    let t0 = Instant::now();
+    docker(&["network", "connect", "--alias", &old, &net, cluster.container(&old)]);
+    let healed = until_raft(&watch, "the old leader follows the new one", CONVERGE_DEADLINE, |s| {
+        settled(s) && agreed_leader(s).as_deref() == Some(new.as_str())
+    })
+    .await;
+    metric("raft_heal_follow_ms", ms(t0.elapsed()));
+    eprintln!("leader {old} cut off: {new} leads in term {term}; after the heal: {healed:?}");
+    assert_eq!(healed[&old]["state"], "follower", "{:?}", healed[&old]);
+    for (n, v) in &healed {
+        assert_eq!(u64_of(v, "term"), term, "{n} is in the new leader's term: the returning node unseated no one");
+    }
+
+    // 11. A follower restarted (`docker restart`: the same container, its data volume kept)
+    // comes back as the same Raft member — its id read from its own store (`id_origin`
+    // "stored") — and catches up.
+    let s = until_raft(api, "a settled group", CONVERGE_DEADLINE, settled).await;
+    let leader = agreed_leader(&s).expect("a leader");
+    let f = ["hot-1", "hot-2", "hot-3"].into_iter().find(|n| *n != leader && *n != "hot-1").expect("a follower");
+    let (id, applied) = (u64_of(&s[f], "id"), u64_of(&s[&leader], "last_applied"));
+    let t0 = Instant::now();
+    docker(&["restart", "-t", "10", cluster.container(f)]);
+    let back = until_raft(api, "the restarted follower caught up", CONVERGE_DEADLINE, |s| {
+        settled(s)
+            && s.get(f).is_some_and(|v| {
+                v["id"] == id && v["id_origin"] == "stored" && v["last_applied"].as_u64().is_some_and(|a| a >= applied)
+            })
+    })
+    .await;
+    metric("raft_restart_own_data_ms", ms(t0.elapsed()));
+    assert_eq!(back[f]["id"], id, "the same member after a restart on its own data");
+
+    // 12. A follower's data wiped (its container and data volume removed, then created anew):
+    // it comes back with a new Raft id, as a new member; the leader swaps its old id for the
+    // new one, and it gets every committed entry.
+    let s = until_raft(api, "a settled group", CONVERGE_DEADLINE, settled).await;
+    let leader = agreed_leader(&s).expect("a leader");
+    let w = ["hot-3", "hot-2"].into_iter().find(|n| *n != leader).expect("a follower");
+    let (old_id, applied) = (u64_of(&s[w], "id"), u64_of(&s[&leader], "last_applied"));
+    let t0 = Instant::now();
+    compose(&["rm", "-s", "-f", w]);
+    docker(&["volume", "rm", &format!("{PROJECT}_{w}-data")]);
+    compose(&["up", "-d", "--no-deps", w]);
+    cluster.containers.clear();
+    cluster.find_containers();
+    let wiped = until_raft(api, "the wiped follower rejoined as a new member", CONVERGE_DEADLINE, |s| {
+        settled(s)
+            && s.get(w).is_some_and(|v| {
+                v["id"] != old_id && v["id_origin"] == "new" && v["last_applied"].as_u64().is_some_and(|a| a >= applied)
+            })
+            && s.values().all(|v| v["learners"].as_array().is_some_and(|l| l.is_empty()))
+    })
+    .await;
+    metric("raft_wiped_rejoin_ms", ms(t0.elapsed()));
+    eprintln!("{w} wiped: member {old_id:x} -> {}", wiped[w]["id"]);
+    let voters: Vec<&str> = wiped[w]["voters"].as_array().expect("voters").iter().filter_map(Value::as_str).collect();
+    assert_eq!(voters, vec!["hot-1", "hot-2", "hot-3"]);
+
+    // Supervision went on: both workers run, once each (lost = 0, duplicates = 0).
+    let mut want = Vec::new();
+    for id in ["w1", "w2"] {
+        let c = until_child(api, "a worker after the Raft faults", id, CONVERGE_DEADLINE, |_| true).await;
+        want.push(c["pid"].as_str().expect("a pid").to_owned());
+    }
+    want.sort();
+    let (left, _) = until_counters(api, other_counter, want.clone()).await;
+    assert_eq!(left, want, "w1 and w2, once each, as committed");
 }
 
 /// The admin token the certs service wrote.

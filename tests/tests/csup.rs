@@ -4,9 +4,11 @@
 //! is lost — with exactly one incarnation at every end (G5, G6).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use soma::csup::{Children, ClusterSupervisor};
+use soma::dist::fault::NetFault;
 use soma::membership::{Membership, MembershipConfig, Role, Seed};
 use soma::raft::node::{RaftConfig, RaftNode};
 use soma::{Node, Pid};
@@ -24,10 +26,13 @@ struct Member {
     node: Node,
     membership: Membership,
     children: Children,
+    /// Cuts this node off the network (every datagram dropped, both ways).
+    fault: Arc<NetFault>,
 }
 
 async fn member(ca: &TestCa, name: &str, role: Role, providers: &[&str], seed: Option<&Node>) -> Member {
-    let node = ca.node(name, 1);
+    let fault = NetFault::new();
+    let node = ca.node_with(name, 1, soma::DistConfig { fault: Some(Arc::clone(&fault)), ..ca.config(name) });
     soma::demo::register(&node).expect("demo behaviours");
     let cfg = MembershipConfig {
         role,
@@ -37,7 +42,7 @@ async fn member(ca: &TestCa, name: &str, role: Role, providers: &[&str], seed: O
     };
     let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
     let children = Children::install(&node);
-    Member { node, membership, children }
+    Member { node, membership, children, fault }
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -172,6 +177,57 @@ async fn g6_an_unavailable_provider_moves_children_to_the_next_preference_and_a_
     let cold_m = member(&ca, "cold-m", Role::Cold, &["mistral"], Some(&hot.node)).await;
     until("w2 running on the mistral node", || cold_m.children.running().len() == 1).await;
     assert!(!pending("w2"));
+    raft.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// G6 after a partition: the node running a child is cut off the network (every datagram
+/// dropped) for longer than the leader's order timeout, so the stop the leader sends it is
+/// lost. The child is restarted on the other node of its provider meanwhile, while the old
+/// incarnation keeps running on the cut node. When the node is back (the same incarnation: it
+/// never stopped), the leader lists its children and stops the stale one: exactly one
+/// incarnation remains, the committed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_a_node_back_from_a_partition_has_its_stale_incarnation_stopped() {
+    let ca = TestCa::new();
+    let hot = member(&ca, "hot-1", Role::Hot, &[], None).await;
+    let cold_a = member(&ca, "cold-a", Role::Cold, &["openai"], Some(&hot.node)).await;
+    let cold_b = member(&ca, "cold-b", Role::Cold, &["openai"], Some(&hot.node)).await;
+    until("membership converged", || hot.membership.len() == 3).await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-cut-{}", std::process::id()));
+    let (raft, sup) = supervise(&hot, &dir).await;
+    let spec = ChildSpec {
+        id: "w1".into(),
+        behaviour: "demo.counter".into(),
+        args: "7".into(),
+        restart: RestartType::Permanent,
+        placement: PlacementSpec {
+            role: Some("cold".into()),
+            providers: vec!["openai".into()],
+            ..PlacementSpec::default()
+        },
+    };
+    sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
+    until("w1 running", || running_on(&raft).is_some()).await;
+    let (node1, gen1, pid1) = running_on(&raft).expect("running");
+    let (cut, other) = if node1 == "cold-a" { (&cold_a, &cold_b) } else { (&cold_b, &cold_a) };
+
+    cut.fault.cut();
+    until("w1 restarted on the other node", || running_on(&raft).is_some_and(|(n, g, _)| g > gen1 && n != node1)).await;
+    let (_, _, pid2) = running_on(&raft).expect("running");
+    assert!(other.node.is_alive(pid2));
+    // The cut outlasts the leader's order timeout, so its stop order to the cut node is lost
+    // (the length of the fault, not a wait for something).
+    tokio::time::sleep(soma::csup::ORDER_TIMEOUT + Duration::from_secs(1)).await;
+    assert!(cut.node.is_alive(pid1), "the stale incarnation still runs on the cut node");
+    assert_eq!(cut.children.running().len() + other.children.running().len(), 2, "two incarnations during the cut");
+
+    cut.fault.heal();
+    until("the stale incarnation is stopped", || !cut.node.is_alive(pid1) && cut.children.running().is_empty()).await;
+    assert!(other.node.is_alive(pid2), "the committed incarnation runs on");
+    assert_eq!(running_on(&raft).map(|(_, _, p)| p), Some(pid2));
+    assert_eq!(cut.children.running().len() + other.children.running().len(), 1, "exactly one incarnation");
+    assert_eq!(cut.children.refused() + other.children.refused(), 0, "no stale start was accepted");
     raft.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,6 +16,7 @@
 
 mod api;
 pub(crate) mod arbiter;
+pub mod fault;
 pub(crate) mod inbound;
 pub mod rpc;
 pub(crate) mod session;
@@ -112,6 +113,8 @@ pub struct DistConfig {
     pub backoff: Backoff,
     /// Known peers: name and address.
     pub peers: Vec<(String, SocketAddr)>,
+    /// A switch that cuts this node off the network while set (fault tests; see [`fault`]).
+    pub fault: Option<Arc<fault::NetFault>>,
 }
 
 impl DistConfig {
@@ -129,6 +132,7 @@ impl DistConfig {
             lane_capacity: 1 << 20,
             backoff: Backoff::default(),
             peers: Vec::new(),
+            fault: None,
         }
     }
 }
@@ -225,8 +229,24 @@ impl Dist {
         let client = cfg.tls.quinn_client_config(t);
         let endpoint = {
             let _g = node.rt.enter();
-            quinn::Endpoint::server(server, cfg.listen)
-                .map_err(|source| DistError::Bind { addr: cfg.listen, source })?
+            let bind = |source| DistError::Bind { addr: cfg.listen, source };
+            match &cfg.fault {
+                None => quinn::Endpoint::server(server, cfg.listen).map_err(bind)?,
+                Some(f) => {
+                    let runtime = quinn::default_runtime()
+                        .ok_or_else(|| DistError::Config("no async runtime for the endpoint".into()))?;
+                    let std_socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind)?;
+                    let inner = runtime.wrap_udp_socket(std_socket).map_err(bind)?;
+                    let socket = Arc::new(fault::Cuttable { inner, fault: Arc::clone(f) });
+                    quinn::Endpoint::new_with_abstract_socket(
+                        quinn::EndpointConfig::default(),
+                        Some(server),
+                        socket,
+                        runtime,
+                    )
+                    .map_err(bind)?
+                }
+            }
         };
         let addrs: FxHashMap<Arc<str>, SocketAddr> =
             cfg.peers.iter().map(|(n, a)| (Arc::<str>::from(n.as_str()), *a)).collect();

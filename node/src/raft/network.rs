@@ -49,6 +49,9 @@ enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// soma's pre-vote question: "when did you last hear from a leader?" (see
+    /// [`node`](super::node)'s docs).
+    PreVote,
 }
 
 /// A Raft answer on the wire.
@@ -59,6 +62,45 @@ enum Answer {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// The node is not the member the request was for (it is this one).
     WrongMember(NodeId),
+    /// Milliseconds since the node last accepted a leader's request (0: it is the leader;
+    /// `None`: never since it started).
+    PreVote(Option<u64>),
+}
+
+/// When this node last accepted an AppendEntries or InstallSnapshot from a leader (what its
+/// pre-vote answer and its own pre-vote decision are based on).
+#[derive(Debug, Default)]
+pub(crate) struct LeaderContact {
+    at: parking_lot::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl LeaderContact {
+    fn touch(&self) {
+        *self.at.lock() = Some(tokio::time::Instant::now());
+    }
+
+    /// Time since the last contact (`None`: never).
+    pub(crate) fn since(&self) -> Option<std::time::Duration> {
+        self.at.lock().map(|t| t.elapsed())
+    }
+}
+
+/// Asks the member `to` (on node `name`) when it last heard from a leader: `Some(answer)`, or
+/// `None` if it did not answer within `timeout` (unreachable, not that member, not running
+/// Raft).
+pub(crate) async fn pre_vote(
+    dist: &Arc<Dist>,
+    name: &str,
+    to: NodeId,
+    timeout: std::time::Duration,
+) -> Option<Option<u64>> {
+    let mut body = Vec::new();
+    encode_payload(&mut body, &Addressed { to, req: Request::PreVote }).ok()?;
+    let (_, answer) = dist.rpc(name, RAFT_SERVICE, body, timeout).await.ok()?;
+    match decode_payload::<Answer>(&answer).ok()? {
+        Answer::PreVote(since) => Some(since),
+        _ => None,
+    }
 }
 
 /// Makes a [`Network`] per peer.
@@ -165,11 +207,13 @@ pub(crate) struct Service {
     pub(crate) raft: Raft<TypeConfig>,
     /// This node's member id: requests for another are answered `WrongMember`.
     pub(crate) me: NodeId,
+    /// Updated on every leader request accepted.
+    pub(crate) contact: Arc<LeaderContact>,
 }
 
 impl RpcService for Service {
     fn serve(&self, from: SomaNodeId, body: Vec<u8>) -> RpcFuture {
-        let (raft, me) = (self.raft.clone(), self.me);
+        let (raft, me, contact) = (self.raft.clone(), self.me, Arc::clone(&self.contact));
         Box::pin(async move {
             let Addressed { to, req } =
                 decode_payload(&body).map_err(|e| format!("Raft request from {from} does not decode: {e}"))?;
@@ -178,9 +222,36 @@ impl RpcService for Service {
                     tracing::debug!(%from, to = format_args!("{to:x}"), "a Raft request for this node's former member id");
                     Answer::WrongMember(me)
                 }
-                Request::Append(r) => Answer::Append(raft.append_entries(r).await),
+                Request::Append(r) => {
+                    let answer = raft.append_entries(r).await;
+                    // Anything but "your vote is stale" means a current leader reached us.
+                    if matches!(
+                        answer,
+                        Ok(AppendEntriesResponse::Success
+                            | AppendEntriesResponse::PartialSuccess(_)
+                            | AppendEntriesResponse::Conflict)
+                    ) {
+                        contact.touch();
+                    }
+                    Answer::Append(answer)
+                }
                 Request::Vote(r) => Answer::Vote(raft.vote(r).await),
-                Request::Snapshot(r) => Answer::Snapshot(raft.install_snapshot(r).await),
+                Request::Snapshot(r) => {
+                    let vote = r.vote;
+                    let answer = raft.install_snapshot(r).await;
+                    if answer.as_ref().is_ok_and(|a| a.vote <= vote) {
+                        contact.touch();
+                    }
+                    Answer::Snapshot(answer)
+                }
+                Request::PreVote => {
+                    let leader = raft.metrics().borrow().state == openraft::ServerState::Leader;
+                    Answer::PreVote(if leader {
+                        Some(0)
+                    } else {
+                        contact.since().map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+                    })
+                }
             };
             let mut out = Vec::new();
             encode_payload(&mut out, &answer).map_err(|e| format!("Raft answer not encodable: {e}"))?;

@@ -29,10 +29,26 @@
 //!   (the member before its data was wiped) leaves it in the same change. A member that is
 //!   lost stays a voter (it may come back with its data); `soma raft remove` removes one for
 //!   good.
-//! * **A returning cut-off node must not unseat a healthy leader** (openraft 0.9 has no
-//!   pre-vote): a node that sees less than a majority of the voters through membership does
-//!   not start elections (`runtime_config().elect(false)`), so its term does not climb while it
-//!   is cut off; it re-enables them once it sees a majority again.
+//!
+//! ## Pre-vote (a returning cut-off node must not unseat a healthy leader)
+//!
+//! openraft 0.9 has no pre-vote: a follower whose election timer fires campaigns with a higher
+//! term, even when it is the one cut off; back, that term makes the healthy leader step down.
+//! So elections are **off** (`runtime_config().elect(false)`) unless this node has just asked
+//! the voters and a majority of them (itself included) had not heard from a leader for an
+//! election timeout either — Raft's pre-vote, done beside openraft:
+//!
+//! * every accepted AppendEntries or InstallSnapshot from a leader is noted
+//!   (`network::LeaderContact`);
+//! * every [`RaftConfig::heartbeat`], a node that is not the leader and has heard from a leader
+//!   within the minimum election timeout keeps elections off; otherwise it asks each voter
+//!   (RPC `PreVote`, answered from that voter's own contact time, bounded by the heartbeat) and
+//!   switches elections on only for a majority of "no leader for an election timeout".
+//!
+//! A node cut off the network gets no answers, so it never campaigns and its term never climbs,
+//! however long the cut; when its leader is really gone, the others agree within one tick of the
+//! election timeout and elect as before. The decision is taken fresh every tick, so elections
+//! are on only while a majority sees no leader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -44,7 +60,7 @@ use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use supervisor::cluster::{ClusterState, Command};
 
-use super::network::{Factory, Service, RAFT_SERVICE};
+use super::network::{pre_vote, Factory, LeaderContact, Service, RAFT_SERVICE};
 #[cfg(doc)]
 use super::store::LogStore;
 use super::store::{open, MemberIdOrigin, OpenError, StateMachine};
@@ -133,7 +149,8 @@ pub struct RaftStatus {
     pub last_log_index: Option<u64>,
     /// Last applied index.
     pub last_applied: Option<u64>,
-    /// Elections enabled (false while this node sees no majority: the pre-vote guard).
+    /// Elections enabled: only while a majority of the voters, this node included, has not
+    /// heard from a leader for an election timeout (the pre-vote, see the module docs).
     pub elections: bool,
     /// A membership change is in progress (joint configuration, or not yet applied here).
     pub changing: bool,
@@ -149,7 +166,7 @@ pub struct RaftNode {
     name: String,
     membership: Membership,
     elections: Arc<std::sync::atomic::AtomicBool>,
-    task: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    tasks: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -171,6 +188,8 @@ impl RaftNode {
             install_snapshot_timeout: 5000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
             max_in_snapshot_log_to_keep: 1000,
+            // Off until a pre-vote passes (module docs).
+            enable_elect: false,
             ..Config::default()
         }
         .validate()
@@ -182,7 +201,11 @@ impl RaftNode {
         let raft = Raft::new(id, Arc::new(config), factory, log, sm.clone())
             .await
             .map_err(|e| RaftStartError::Raft(e.to_string()))?;
-        dist.set_rpc_service(RAFT_SERVICE, Arc::new(Service { raft: raft.clone(), me: id }));
+        let contact = Arc::new(LeaderContact::default());
+        dist.set_rpc_service(
+            RAFT_SERVICE,
+            Arc::new(Service { raft: raft.clone(), me: id, contact: Arc::clone(&contact) }),
+        );
         membership.set_key(keys::RAFT_ID, &id.to_string()).await;
         let rn = RaftNode {
             raft,
@@ -191,11 +214,12 @@ impl RaftNode {
             id_origin,
             name,
             membership: membership.clone(),
-            elections: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            task: Arc::default(),
+            elections: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            tasks: Arc::default(),
         };
+        let guard = tokio::spawn(guard(rn.clone(), dist, contact, cfg.heartbeat, cfg.election.0));
         let handle = tokio::spawn(manage(rn.clone(), membership.clone(), cfg));
-        *rn.task.lock() = Some(handle);
+        rn.tasks.lock().extend([guard, handle]);
         Ok(rn)
     }
 
@@ -314,7 +338,7 @@ impl RaftNode {
 
     /// Stops Raft (and its membership manager).
     pub async fn shutdown(&self) {
-        if let Some(t) = self.task.lock().take() {
+        for t in self.tasks.lock().drain(..) {
             t.abort();
         }
         let _ = self.raft.shutdown().await;
@@ -380,17 +404,6 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
                 initialized = true;
             }
         }
-        // The pre-vote guard: no elections without a visible majority of the voters.
-        let voters: BTreeSet<u64> = rn.raft.metrics().borrow().membership_config.voter_ids().collect();
-        if !voters.is_empty() {
-            let visible = voters.iter().filter(|v| hot.iter().any(|(_, id)| *id == Some(**v))).count();
-            let majority = visible * 2 > voters.len();
-            let was = rn.elections.swap(majority, std::sync::atomic::Ordering::Relaxed);
-            if was != majority {
-                rn.raft.runtime_config().elect(majority);
-                tracing::info!(visible, voters = voters.len(), elections = majority, "Raft elections switched");
-            }
-        }
         // Growth: the leader adds hot members that are not in the group yet.
         if rn.is_leader() {
             let in_group: BTreeSet<u64> =
@@ -401,6 +414,52 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
                     Err(e) => tracing::debug!(node = %name, error = %e, "cannot add a hot node yet"),
                 }
             }
+        }
+    }
+}
+
+/// The pre-vote (module docs): every `tick`, elections on only if a majority of the voters,
+/// this node included, has heard from no leader for `quiet` (the minimum election timeout).
+async fn guard(
+    rn: RaftNode,
+    dist: Arc<crate::dist::Dist>,
+    contact: Arc<LeaderContact>,
+    tick: Duration,
+    quiet: Duration,
+) {
+    let quiet_ms = quiet.as_millis() as u64;
+    loop {
+        tokio::time::sleep(tick).await;
+        let (leader, voters) = {
+            let m = rn.raft.metrics().borrow().clone();
+            let names: BTreeMap<u64, String> = m.membership_config.nodes().map(|(i, n)| (*i, n.name.clone())).collect();
+            let voters: Vec<(u64, String)> =
+                m.membership_config.voter_ids().map(|i| (i, names.get(&i).cloned().unwrap_or_default())).collect();
+            (m.state == ServerState::Leader, voters)
+        };
+        let heard = contact.since().is_some_and(|d| d < quiet);
+        let allow = if leader || heard || !voters.iter().any(|(i, _)| *i == rn.id) {
+            false
+        } else {
+            let mut asks = tokio::task::JoinSet::new();
+            for (id, name) in voters.iter().filter(|(i, _)| *i != rn.id).cloned() {
+                let dist = Arc::clone(&dist);
+                asks.spawn(async move { pre_vote(&dist, &name, id, tick).await });
+            }
+            let mut agree = 1; // this node: no leader heard for `quiet`
+            while let Some(answer) = asks.join_next().await {
+                if let Ok(Some(since)) = answer {
+                    if since.is_none_or(|ms| ms >= quiet_ms) {
+                        agree += 1;
+                    }
+                }
+            }
+            agree * 2 > voters.len()
+        };
+        let was = rn.elections.swap(allow, std::sync::atomic::Ordering::Relaxed);
+        if was != allow {
+            rn.raft.runtime_config().elect(allow);
+            tracing::debug!(elections = allow, voters = voters.len(), "Raft pre-vote");
         }
     }
 }
