@@ -36,6 +36,11 @@ fn dir(test: &str, name: &str) -> PathBuf {
 }
 
 async fn hot_nodes(ca: &TestCa, test: &str, names: &[&str]) -> Vec<Hot> {
+    hot_nodes_with(ca, test, names, |c| c).await
+}
+
+/// [`hot_nodes`], each Raft configured by `tweak`.
+async fn hot_nodes_with(ca: &TestCa, test: &str, names: &[&str], tweak: fn(RaftConfig) -> RaftConfig) -> Vec<Hot> {
     let mut out: Vec<Hot> = Vec::new();
     for name in names {
         let fault = NetFault::new();
@@ -43,7 +48,7 @@ async fn hot_nodes(ca: &TestCa, test: &str, names: &[&str]) -> Vec<Hot> {
         let seeds = out.first().map(|h| vec![seed_of(&h.node)]).unwrap_or_default();
         let cfg = MembershipConfig { role: Role::Hot, seeds, ..MembershipConfig::default() };
         let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
-        let raft = RaftNode::start(&node, &membership, RaftConfig::new(dir(test, name), names.len()))
+        let raft = RaftNode::start(&node, &membership, tweak(RaftConfig::new(dir(test, name), names.len())))
             .await
             .expect("raft starts");
         out.push(Hot { node, membership, raft, fault });
@@ -316,4 +321,91 @@ async fn g5_a_cut_off_follower_that_returns_does_not_unseat_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g5_a_cut_off_leader_that_returns_does_not_unseat_the_new_one() {
     cut_and_heal("cut-leader", true).await;
+}
+
+/// G5 / G8, snapshots and log purge under load: with a snapshot every 100 entries and 50 kept
+/// behind it, a follower cut off while the leader commits 600 entries is behind the purged log
+/// when it returns, so it gets the leader's snapshot (InstallSnapshot) and then the rest; the
+/// leader's log stays bounded; and the follower restarted afterwards, cut off from the start,
+/// has every entry from its own disk (snapshot plus the log after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_snapshots_purge_the_log_and_a_lagging_follower_gets_the_snapshot() {
+    const ENTRIES: usize = 600;
+    let ca = TestCa::new();
+    let small = |c: RaftConfig| RaftConfig { snapshot_every: 100, keep_logs: 50, ..c };
+    let mut hot = hot_nodes_with(&ca, "snap", &["hot-1", "hot-2", "hot-3"], small).await;
+    let f = {
+        let all: Vec<&Hot> = hot.iter().collect();
+        until("a group of three", || {
+            leader_of(&all).is_some() && all.iter().all(|h| h.raft.status().voters.len() == 3)
+        })
+        .await;
+        (leader_of(&all).expect("leader") + 1) % 3
+    };
+    hot[f].fault.cut();
+    let behind = hot[f].raft.status().last_log_index.unwrap_or(0);
+    let rest: Vec<&Hot> = hot.iter().enumerate().filter(|(i, _)| *i != f).map(|(_, h)| h).collect();
+    let leader = rest[leader_of(&rest).expect("a leader of the two")];
+    // 600 proposals, 20 in flight at a time.
+    let mut done = 0;
+    while done < ENTRIES {
+        let mut batch = tokio::task::JoinSet::new();
+        for i in done..(done + 20).min(ENTRIES) {
+            let raft = leader.raft.clone();
+            batch.spawn(async move { raft.propose(create(&format!("s{i}"))).await });
+        }
+        while let Some(r) = batch.join_next().await {
+            r.expect("task").expect("committed");
+        }
+        done = (done + 20).min(ENTRIES);
+    }
+    until("the leader snapshotted and purged", || {
+        let s = leader.raft.status();
+        s.snapshot_index.is_some_and(|i| i >= 500) && s.purged_index.is_some_and(|p| p > behind)
+    })
+    .await;
+    let s = leader.raft.status();
+    let (last, purged) = (s.last_log_index.expect("a log"), s.purged_index.expect("purged"));
+    assert!(last - purged <= 100 + 50 + 50, "the log is bounded: {purged}..={last}");
+
+    hot[f].fault.heal();
+    let back = &hot[f];
+    until("the lagging follower has every entry", || {
+        back.raft.read(|s| (0..ENTRIES).all(|i| s.sups.contains_key(&format!("s{i}"))))
+    })
+    .await;
+    assert!(back.raft.status().snapshot_index.is_some_and(|i| i > behind), "it was sent the snapshot");
+
+    // Restarted, cut off from the start: everything comes from its own disk.
+    let gone = hot.remove(f);
+    let name = gone.node.id().name().to_string();
+    gone.raft.shutdown().await;
+    gone.membership.stop().await;
+    gone.node.shutdown(Duration::from_secs(1)).await;
+    drop(gone);
+    let fault = NetFault::new();
+    fault.cut();
+    let node = ca.node_with(&name, 2, soma::DistConfig { fault: Some(Arc::clone(&fault)), ..ca.config(&name) });
+    let cfg = MembershipConfig { role: Role::Hot, seeds: vec![seed_of(&hot[0].node)], ..MembershipConfig::default() };
+    let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
+    let data = std::env::temp_dir().join(format!("soma-raft-snap-{}-{name}", std::process::id()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let raft = loop {
+        match RaftNode::start(&node, &membership, small(RaftConfig::new(data.clone(), 3))).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "cannot reopen its store: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until("its own disk restored every entry", || {
+        raft.read(|s| (0..ENTRIES).all(|i| s.sups.contains_key(&format!("s{i}"))))
+    })
+    .await;
+    assert!(fault.is_cut(), "it was cut off the whole time");
+    raft.shutdown().await;
+    for h in &hot {
+        h.raft.shutdown().await;
+    }
 }

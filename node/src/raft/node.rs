@@ -84,6 +84,11 @@ pub struct RaftConfig {
     pub manage_every: Duration,
     /// How long the view of hot members must stay unchanged before a group is founded.
     pub settle: Duration,
+    /// A snapshot is built after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (the rest is purged); a follower further behind
+    /// gets the snapshot instead.
+    pub keep_logs: u64,
 }
 
 impl RaftConfig {
@@ -96,6 +101,8 @@ impl RaftConfig {
             election: (Duration::from_millis(400), Duration::from_millis(800)),
             manage_every: Duration::from_millis(200),
             settle: Duration::from_millis(1000),
+            snapshot_every: 1000,
+            keep_logs: 1000,
         }
     }
 }
@@ -149,6 +156,10 @@ pub struct RaftStatus {
     pub last_log_index: Option<u64>,
     /// Last applied index.
     pub last_applied: Option<u64>,
+    /// The last log index the newest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// The last purged log index (entries up to it are only in the snapshot).
+    pub purged_index: Option<u64>,
     /// Elections enabled: only while a majority of the voters, this node included, has not
     /// heard from a leader for an election timeout (the pre-vote, see the module docs).
     pub elections: bool,
@@ -186,8 +197,11 @@ impl RaftNode {
             election_timeout_min: cfg.election.0.as_millis() as u64,
             election_timeout_max: cfg.election.1.as_millis() as u64,
             install_snapshot_timeout: 5000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: cfg.keep_logs,
+            // Purge in steps of this many entries (openraft's default, 1000, would keep up to
+            // `keep_logs` + 1000).
+            purge_batch_size: cfg.keep_logs.clamp(1, 1000),
             // Off until a pre-vote passes (module docs).
             enable_elect: false,
             ..Config::default()
@@ -271,6 +285,8 @@ impl RaftNode {
             learners,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             elections: self.elections.load(std::sync::atomic::Ordering::Relaxed),
             changing: m.membership_config.membership().get_joint_config().len() > 1
                 || m.membership_config.log_id().map(|l| l.index) > m.last_applied.map(|l| l.index),
