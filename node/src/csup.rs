@@ -415,9 +415,26 @@ async fn run(
         }
         if !was_leader {
             was_leader = true;
-            // A new leader reconciles with every node before acting.
+            // A new leader reconciles with every node before acting. The nodes are asked at
+            // once: one that died with the old leader (not yet seen down) answers only when
+            // its connection times out, and must not hold up the answers of the others.
+            let mut asks = tokio::task::JoinSet::new();
             for (name, _) in view_of(&membership) {
-                if let Ok(OrderAnswer::Running(reports)) = send_order(&children, &name, Order::List).await {
+                let children = children.clone();
+                asks.spawn(async move {
+                    let answer = send_order(&children, &name, Order::List).await;
+                    (name, answer)
+                });
+            }
+            let mut answers = Vec::new();
+            while let Some(joined) = asks.join_next().await {
+                if let Ok(a) = joined {
+                    answers.push(a);
+                }
+            }
+            answers.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, answer) in answers {
+                if let Ok(OrderAnswer::Running(reports)) = answer {
                     let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
                     for stop in r.stops {
                         execute(&children, &raft, &tx, stop);

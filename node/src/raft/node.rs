@@ -41,7 +41,8 @@
 //! * every accepted AppendEntries or InstallSnapshot from a leader is noted
 //!   (`network::LeaderContact`);
 //! * every [`RaftConfig::heartbeat`], a node that is not the leader and has heard from a leader
-//!   within the minimum election timeout keeps elections off; otherwise it asks each voter
+//!   within the maximum election timeout (openraft's leader lease: voters refuse votes before
+//!   it has expired) keeps elections off; otherwise it asks each voter
 //!   (RPC `PreVote`, answered from that voter's own contact time, bounded by the heartbeat) and
 //!   switches elections on only for a majority of "no leader for an election timeout".
 //!
@@ -92,13 +93,15 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
-    /// Heartbeat 100 ms, elections after 400–800 ms of silence, group of `expect_voters`.
+    /// Heartbeat 100 ms, elections after 250–500 ms of silence (on top of openraft's leader
+    /// lease, the same 500 ms; short timeouts are safe because the pre-vote keeps a node that
+    /// merely missed heartbeats from campaigning), group of `expect_voters`.
     pub fn new(dir: PathBuf, expect_voters: usize) -> RaftConfig {
         RaftConfig {
             dir,
             expect_voters: expect_voters.max(1),
             heartbeat: Duration::from_millis(100),
-            election: (Duration::from_millis(400), Duration::from_millis(800)),
+            election: (Duration::from_millis(250), Duration::from_millis(500)),
             manage_every: Duration::from_millis(200),
             settle: Duration::from_millis(1000),
             snapshot_every: 1000,
@@ -231,7 +234,7 @@ impl RaftNode {
             elections: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             tasks: Arc::default(),
         };
-        let guard = tokio::spawn(guard(rn.clone(), dist, contact, cfg.heartbeat, cfg.election.0));
+        let guard = tokio::spawn(guard(rn.clone(), dist, contact, cfg.heartbeat, cfg.election.1));
         let handle = tokio::spawn(manage(rn.clone(), membership.clone(), cfg));
         rn.tasks.lock().extend([guard, handle]);
         Ok(rn)
@@ -435,7 +438,9 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
 }
 
 /// The pre-vote (module docs): every `tick`, elections on only if a majority of the voters,
-/// this node included, has heard from no leader for `quiet` (the minimum election timeout).
+/// this node included, has heard from no leader for `quiet` — the maximum election timeout,
+/// which is also openraft's leader lease: a voter refuses votes until the lease since its last
+/// leader contact has expired, so a campaign started earlier would only waste a round.
 async fn guard(
     rn: RaftNode,
     dist: Arc<crate::dist::Dist>,
