@@ -14,8 +14,10 @@
 //!   from a watcher process), stops incarnations. A child's `Down` becomes an `Exited`
 //!   proposal; a lost node is seen by `plan` through the view. On becoming leader it
 //!   reconciles with every node (stale and orphaned incarnations stopped, missing ones
-//!   restarted); and whenever a node comes up, it stops what that node still runs that was
-//!   replaced meanwhile (a node back from a partition, whose stop orders timed out).
+//!   restarted); and whenever a node comes up, and for every node every [`SWEEP_EVERY`], it
+//!   lists what the node runs and stops what was replaced meanwhile (a node back from a
+//!   partition, whose stop orders timed out; a membership event the loop missed). The lists run
+//!   on tasks of their own and come back as events, so a silent node never holds up the loop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use supervisor::cluster::fence::{ChildKey, Fence, StartVerdict};
 use supervisor::cluster::plan::{plan, reconcile, PlanConfig, Report};
 use supervisor::cluster::{Cause, Command, Effect, NodeView, View};
 use supervisor::ExitClass;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::dist::rpc::{RpcFuture, RpcService};
 use crate::membership::Membership;
@@ -239,7 +241,29 @@ enum Event {
     },
     /// A node (incarnation) is up: new, or back from a partition still running what it ran.
     NodeUp(String),
+    /// What a node answered to a `List` (sent by a sweep or on `NodeUp`, off the loop).
+    Listed {
+        node: String,
+        reports: Vec<Report>,
+    },
+    /// Membership events were missed (the subscription lagged): sweep every node.
+    Missed,
     Wake,
+}
+
+/// How often the leader lists every node's supervised children and stops stale incarnations
+/// (anti-entropy: what a lost stop order or a missed membership event left running).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Lists `node`'s supervised children on a task of its own (a node that does not answer holds
+/// up nothing; the answer comes back as [`Event::Listed`]).
+fn spawn_list(children: &Children, tx: &mpsc::UnboundedSender<Event>, node: String) {
+    let (children, tx) = (children.clone(), tx.clone());
+    tokio::spawn(async move {
+        if let Ok(OrderAnswer::Running(reports)) = send_order(&children, &node, Order::List).await {
+            let _ = tx.send(Event::Listed { node, reports });
+        }
+    });
 }
 
 /// Watches supervised children (a process, so it can monitor PIDs on any node).
@@ -374,11 +398,13 @@ async fn run(
     let cfg = PlanConfig::default();
     let mut was_leader = false;
     let mut members = membership.subscribe();
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => Some(e), None => return },
             m = members.recv() => match m {
                 Ok(crate::membership::MemberEvent::Up(member)) => Some(Event::NodeUp(member.name)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(Event::Missed),
                 _ => Some(Event::Wake),
             },
             _ = tokio::time::sleep(ROUND) => None,
@@ -400,18 +426,30 @@ async fn run(
             // A node back from a partition may still run incarnations replaced while it was
             // away (the stop orders sent meanwhile timed out): stop them now rather than at the
             // next leader change. Only the stops: what it should run is `plan`'s to decide.
-            Some(Event::NodeUp(name)) if was_leader => {
-                if let Ok(OrderAnswer::Running(reports)) = send_order(&children, &name, Order::List).await {
-                    let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
-                    if !r.stops.is_empty() {
-                        tracing::info!(node = %name, stops = r.stops.len(), "stopping stale incarnations on a returning node");
-                    }
-                    for stop in r.stops {
-                        execute(&children, &raft, &tx, stop);
-                    }
+            Some(Event::NodeUp(name)) if was_leader => spawn_list(&children, &tx, name),
+            Some(Event::Missed) if was_leader => {
+                for (name, _) in view_of(&membership) {
+                    spawn_list(&children, &tx, name);
                 }
             }
-            Some(Event::NodeUp(_) | Event::Wake) | None => {}
+            // Only the stops, judged on the committed state of now: what the node should run
+            // is `plan`'s to decide.
+            Some(Event::Listed { node: name, reports }) if was_leader => {
+                let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
+                if !r.stops.is_empty() {
+                    tracing::info!(node = %name, stops = r.stops.len(), "stopping stale incarnations");
+                }
+                for stop in r.stops {
+                    execute(&children, &raft, &tx, stop);
+                }
+            }
+            Some(Event::NodeUp(_) | Event::Missed | Event::Listed { .. } | Event::Wake) | None => {}
+        }
+        if was_leader && last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = tokio::time::Instant::now();
+            for (name, _) in view_of(&membership) {
+                spawn_list(&children, &tx, name);
+            }
         }
         if !was_leader {
             was_leader = true;

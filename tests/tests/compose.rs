@@ -29,6 +29,11 @@
 //! the heal exactly one incarnation remains; and the leader paused while the worker's node is
 //! killed — the new leader moves the worker, and the old one, unpaused, adds no duplicate; and a
 //! provider marked unavailable on its node — a worker preferring it moves to its next preference.
+//! Then Raft faults on the hot nodes: the leader cut off the network and healed (a new leader
+//! meanwhile; back, the old one follows it and nobody's term moved — the pre-vote), a follower
+//! restarted on its data volume (the same Raft member, its id read from its own disk), and a
+//! follower's container and data volume removed and recreated (a new member swapped in for the
+//! old id); the supervised workers still run once each.
 //! Every figure is printed as a JSON line on stdout:
 //! `{"bench":"compose","metric":"detect_kill_ms","value":...}`.
 
