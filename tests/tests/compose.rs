@@ -553,7 +553,7 @@ async fn scenario(cluster: &Cluster, api: &AdminClient) -> String {
     pid
 }
 
-/// How long the Raft leader stays cut off in the pre-vote step: many election timeouts (400–800
+/// How long the Raft leader stays cut off in the pre-vote step: many election timeouts (250–500
 /// ms), so a cut-off node that campaigned would have climbed its term by several.
 const RAFT_CUT_HELD: Duration = Duration::from_secs(4);
 

@@ -278,7 +278,7 @@ async fn cut_and_heal(test: &str, cut_leader: bool) {
     if !cut_leader {
         assert_eq!(leader_name, all[first].raft.status().name, "losing a follower changes no leader");
     }
-    // The cut lasts many election timeouts (400-800 ms): the length of the fault, not a wait.
+    // The cut lasts many election timeouts (250-500 ms): the length of the fault, not a wait.
     // A follower that campaigned would have climbed its term several times meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = all[cut].raft.status();
