@@ -403,7 +403,7 @@ impl Admin {
     /// `unreachable`): `{"processes": [...], "unreachable": [{"node", "error"}]}`.
     pub async fn ps_all(&self) -> Value {
         let names = self.node_names();
-        let answers = join_all(names.iter().map(|n| self.on_node(n, AdminOp::Ps))).await;
+        let answers = futures_util::future::join_all(names.iter().map(|n| self.on_node(n, AdminOp::Ps))).await;
         let mut procs = Vec::new();
         let mut unreachable = Vec::new();
         for (name, a) in names.iter().zip(answers) {
@@ -419,7 +419,7 @@ impl Admin {
     /// Every node's supervision tree: `{"nodes": [{"node", "tree"} | {"node", "error"}]}`.
     pub async fn tree_all(&self) -> Value {
         let names = self.node_names();
-        let answers = join_all(names.iter().map(|n| self.on_node(n, AdminOp::Tree))).await;
+        let answers = futures_util::future::join_all(names.iter().map(|n| self.on_node(n, AdminOp::Tree))).await;
         let nodes: Vec<Value> = names
             .iter()
             .zip(answers)
@@ -793,33 +793,6 @@ fn parse_json(text: &str) -> Result<Value, AdminError> {
     serde_json::from_str(text).map_err(|e| AdminError::BadRequest(format!("not JSON: {e}")))
 }
 
-/// Awaits all futures concurrently, answers in order (no extra dependency for a join).
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -869,15 +842,5 @@ mod tests {
         assert_eq!(clamp_ms(u64::MAX), MAX_TIMEOUT);
         assert_eq!(op_timeout(&AdminOp::State(Target { creation: 1, serial: 1 }, 2000)), Duration::from_secs(2));
         assert_eq!(op_timeout(&AdminOp::Ps), Duration::ZERO);
-    }
-
-    #[tokio::test]
-    async fn join_all_keeps_order() {
-        let out = join_all((0..5u64).map(|i| async move {
-            tokio::task::yield_now().await;
-            i * 2
-        }))
-        .await;
-        assert_eq!(out, [0, 2, 4, 6, 8]);
     }
 }
