@@ -67,6 +67,22 @@ fn running(raft: &RaftNode, id: &str) -> Option<(String, u64, Pid)> {
     })
 }
 
+/// A permanent child `id` running `behaviour` (JSON `args`) on a cold node of `providers`, in
+/// preference order.
+fn cold_child(id: &str, behaviour: &str, args: &str, providers: &[&str]) -> ChildSpec {
+    ChildSpec {
+        id: id.into(),
+        behaviour: behaviour.into(),
+        args: args.into(),
+        restart: RestartType::Permanent,
+        placement: PlacementSpec {
+            role: Some("cold".into()),
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            ..PlacementSpec::default()
+        },
+    }
+}
+
 /// Raft (a group of one) and the cluster supervisor on `hot`, with a supervisor `agents`.
 async fn supervise(hot: &Member, dir: &PathBuf) -> (RaftNode, ClusterSupervisor) {
     let _ = std::fs::remove_dir_all(dir);
@@ -93,17 +109,7 @@ async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_
     until("membership converged", || hot.membership.len() == 4).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-{}", std::process::id()));
     let (raft, sup) = supervise(&hot, &dir).await;
-    let spec = ChildSpec {
-        id: "w1".into(),
-        behaviour: "demo.counter".into(),
-        args: "7".into(),
-        restart: RestartType::Permanent,
-        placement: PlacementSpec {
-            role: Some("cold".into()),
-            providers: vec!["openai".into()],
-            ..PlacementSpec::default()
-        },
-    };
+    let spec = cold_child("w1", "demo.counter", "7", &["openai"]);
     sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
 
     until("w1 running on an openai node", || running_on(&raft).is_some()).await;
@@ -146,17 +152,7 @@ async fn g6_an_unavailable_provider_moves_children_to_the_next_preference_and_a_
     until("membership converged", || hot.membership.len() == 3).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-prov-{}", std::process::id()));
     let (raft, sup) = supervise(&hot, &dir).await;
-    let child = |id: &str, providers: &[&str]| ChildSpec {
-        id: id.into(),
-        behaviour: "demo.echo".into(),
-        args: "null".into(),
-        restart: RestartType::Permanent,
-        placement: PlacementSpec {
-            role: Some("cold".into()),
-            providers: providers.iter().map(|p| p.to_string()).collect(),
-            ..PlacementSpec::default()
-        },
-    };
+    let child = |id: &str, providers: &[&str]| cold_child(id, "demo.echo", "null", providers);
     sup.propose(Command::AddChild { sup: "agents".into(), spec: child("w1", &["anthropic", "openai"]) })
         .await
         .expect("add");
@@ -196,17 +192,7 @@ async fn g6_a_node_back_from_a_partition_has_its_stale_incarnation_stopped() {
     until("membership converged", || hot.membership.len() == 3).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-cut-{}", std::process::id()));
     let (raft, sup) = supervise(&hot, &dir).await;
-    let spec = ChildSpec {
-        id: "w1".into(),
-        behaviour: "demo.counter".into(),
-        args: "7".into(),
-        restart: RestartType::Permanent,
-        placement: PlacementSpec {
-            role: Some("cold".into()),
-            providers: vec!["openai".into()],
-            ..PlacementSpec::default()
-        },
-    };
+    let spec = cold_child("w1", "demo.counter", "7", &["openai"]);
     sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
     until("w1 running", || running_on(&raft).is_some()).await;
     let (node1, gen1, pid1) = running_on(&raft).expect("running");
