@@ -453,9 +453,11 @@ async fn run(
         }
         if !was_leader {
             was_leader = true;
-            // A new leader reconciles with every node before acting. The nodes are asked at
-            // once: one that died with the old leader (not yet seen down) answers only when
-            // its connection times out, and must not hold up the answers of the others.
+            // A new leader reconciles with every node before acting (which also stands for
+            // the first sweep). The nodes are asked at once: one that died with the old leader
+            // (not yet seen down) answers only when its connection times out, and must not hold
+            // up the answers of the others.
+            last_sweep = tokio::time::Instant::now();
             let mut asks = tokio::task::JoinSet::new();
             for (name, _) in view_of(&membership) {
                 let children = children.clone();

@@ -270,12 +270,7 @@ impl RaftNode {
         let learners: Vec<String> = m.membership_config.membership().learner_ids().map(|i| name_of(&i)).collect();
         RaftStatus {
             id: self.id,
-            id_origin: match self.id_origin {
-                MemberIdOrigin::Stored => "stored",
-                MemberIdOrigin::New => "new",
-                MemberIdOrigin::FromName => "from_name",
-            }
-            .to_owned(),
+            id_origin: self.id_origin.as_str().to_owned(),
             name: self.name.clone(),
             state: format!("{:?}", m.state).to_lowercase(),
             term: m.current_term,
@@ -374,7 +369,7 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, RaftMember>>) -> ProposeE
     }
 }
 
-/// Forms and grows the group from membership, and keeps the pre-vote guard (module docs).
+/// Forms and grows the group from membership (module docs; the pre-vote is [`guard`]'s).
 async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
     let mut initialized = rn.raft.is_initialized().await.unwrap_or(false);
     let mut announced = false;
@@ -385,8 +380,9 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
     loop {
         tokio::time::sleep(cfg.manage_every).await;
         // Hot members and their Raft ids (this node's own from here: gossip shows it a round late).
-        let mut hot: Vec<(String, Option<u64>)> = membership
-            .members()
+        let members = membership.members();
+        let group_in_sight = members.iter().any(|m| m.role == Role::Hot && m.name != rn.name && m.raft_init);
+        let mut hot: Vec<(String, Option<u64>)> = members
             .into_iter()
             .filter(|m| m.role == Role::Hot && !m.leaving)
             .map(|m| {
@@ -406,8 +402,6 @@ async fn manage(rn: RaftNode, membership: Membership, cfg: RaftConfig) {
             membership.set_key(keys::RAFT_INIT, "1").await;
             announced = true;
         }
-        let group_in_sight =
-            membership.members().iter().any(|m| m.role == Role::Hot && m.name != rn.name && m.raft_init);
         if !initialized && !group_in_sight && hot.len() >= cfg.expect_voters && stable_since.elapsed() >= cfg.settle {
             let founders: Vec<(String, Option<u64>)> = hot.iter().take(cfg.expect_voters).cloned().collect();
             let all_ids = founders.iter().all(|(_, id)| id.is_some());
@@ -452,7 +446,8 @@ async fn guard(
     loop {
         tokio::time::sleep(tick).await;
         let (leader, voters) = {
-            let m = rn.raft.metrics().borrow().clone();
+            let m = rn.raft.metrics();
+            let m = m.borrow();
             let names: BTreeMap<u64, String> = m.membership_config.nodes().map(|(i, n)| (*i, n.name.clone())).collect();
             let voters: Vec<(u64, String)> =
                 m.membership_config.voter_ids().map(|i| (i, names.get(&i).cloned().unwrap_or_default())).collect();

@@ -77,6 +77,17 @@ pub enum MemberIdOrigin {
     FromName,
 }
 
+impl MemberIdOrigin {
+    /// As `raft status` shows it: `stored`, `new` or `from_name`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberIdOrigin::Stored => "stored",
+            MemberIdOrigin::New => "new",
+            MemberIdOrigin::FromName => "from_name",
+        }
+    }
+}
+
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
     let mut b = Vec::new();
     encode_payload(&mut b, v).map_err(|e| AnyError::error(e.to_string()))?;
