@@ -372,3 +372,42 @@ async fn suspend_resume_pinned_interleavings_strand_no_message() {
         }
     }
 }
+
+/// A backlog far beyond the mailbox's inline part (64 messages) and over many blocks of its
+/// chain: a bounded mailbox counts all of it, peek shows it oldest first across the seams,
+/// resume handles it in order, and going idle gives the chain's memory back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g8_a_long_backlog_keeps_order_and_its_memory_is_given_back_when_idle() {
+    const N: u64 = 5_000;
+    let node = start("t-backlog");
+    let a = bounded(&node, N as usize, ProbeArgs::default());
+    let idle_bytes = node.info(a.pid()).unwrap().memory_bytes;
+    node.suspend(a.pid()).unwrap();
+    for n in 0..N {
+        assert_eq!(a.send(Cmd::Push(n)), Ok(()));
+    }
+    assert_eq!(a.send(Cmd::Push(N)), Err(SendError::Full(a.pid())));
+    let info = node.info(a.pid()).unwrap();
+    assert_eq!(info.mailbox_depth, N as usize);
+    assert!(
+        info.memory_bytes >= idle_bytes + N as usize * std::mem::size_of::<u64>(),
+        "the backlog shows in the memory estimate: {} then {}",
+        idle_bytes,
+        info.memory_bytes
+    );
+    let peek = node.peek(a.pid(), 1000).unwrap();
+    let shown: Vec<serde_json::Value> = peek.iter().map(|m| m["msg"].clone()).collect();
+    let want: Vec<serde_json::Value> = (0..1000u64).map(|n| serde_json::json!({ "Push": n })).collect();
+    assert_eq!(shown, want);
+
+    node.resume(a.pid()).unwrap();
+    assert_eq!(ask(&a, Req::Log).await.log(), (0..N).collect::<Vec<_>>());
+    eventually("the process goes idle", || node.info(a.pid()).unwrap().status == ProcessStatus::Waiting).await;
+    let after = node.info(a.pid()).unwrap().memory_bytes;
+    assert!(after < idle_bytes + 8 * 1024, "an idle process keeps no backlog blocks: {idle_bytes} then {after}");
+    // And it works as before.
+    for n in 0..3 {
+        assert_eq!(a.send(Cmd::Push(N + n)), Ok(()));
+    }
+    assert_eq!(ask(&a, Req::Log).await.log().len(), N as usize + 3);
+}

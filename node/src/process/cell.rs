@@ -10,7 +10,7 @@
 //!   atomic read-modify-write);
 //! * the **mailbox** (`Mutex<Mailbox>`): the queue senders push to, the system-message queue,
 //!   and the scheduling state (`running`, `suspended`, `closed`);
-//! * the **inbox** (`Mutex<VecDeque>`): the batch the runner took from the mailbox and has not
+//! * the **inbox** (`Mutex<SegQueue>`, see [`queue`](super::queue)): the batch the runner took from the mailbox and has not
 //!   handled yet. Only the runner pops from it; introspection may lock it to peek. The runner
 //!   takes this lock once per message (an uncontended lock, two atomic operations): a pop must
 //!   exclude a concurrent `peek`, which clones the queued messages, and `peek` must see the
@@ -52,7 +52,6 @@
 //! [`Addr`]: crate::Addr
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
@@ -64,6 +63,7 @@ use tokio::sync::oneshot;
 use super::behaviour::{Behaviour, Down};
 use super::introspect::{ProcessInfo, ProcessStatus};
 use super::node::{CallError, NodeShared, SendError};
+use super::queue::SegQueue;
 use super::trace::{Payload, TraceKind, TraceSlot};
 
 /// An exit signal is pending (see `Meta::pending_exit`): the runner must stop now.
@@ -168,7 +168,7 @@ pub(crate) enum SysMsg {
 /// part of the gap between sender and runner fields, see the module docs).
 #[repr(C)]
 pub(crate) struct Mailbox<B: Behaviour> {
-    pub queue: VecDeque<Envelope<B>>,
+    pub queue: SegQueue<Envelope<B>>,
     pub running: bool,
     pub suspended: bool,
     pub closed: bool,
@@ -244,6 +244,7 @@ impl Header {
     }
 
     /// Records `value` in the trace ring, if tracing is on (see [`TraceRing::push_value`]).
+    #[inline]
     pub(crate) fn trace_value<T: Payload>(
         &self,
         kind: TraceKind,
@@ -251,7 +252,7 @@ impl Header {
         corr: Option<CorrelationId>,
         value: T,
     ) {
-        let at = self.node.now_ns();
+        let at = self.node.now_raw();
         if let Some(ring) = self.trace.lock().as_mut() {
             ring.push_value(at, kind, peer, corr, value);
         }
@@ -346,7 +347,7 @@ pub(crate) struct Cell<B: Behaviour> {
     gap: [u64; GAP_WORDS],
     pub hdr: Header,
     pub state: Mutex<Option<B>>,
-    pub inbox: Mutex<VecDeque<Envelope<B>>>,
+    pub inbox: Mutex<SegQueue<Envelope<B>>>,
 }
 
 /// Why a push was refused.
@@ -375,7 +376,7 @@ impl<B: Behaviour> Cell<B> {
             },
             capacity: capacity.unwrap_or(usize::MAX),
             mailbox: Mutex::new(Mailbox {
-                queue: VecDeque::new(),
+                queue: SegQueue::new(),
                 sys: Vec::new(),
                 // The spawner runs the first activation (init) itself.
                 running: true,
@@ -384,7 +385,7 @@ impl<B: Behaviour> Cell<B> {
                 in_hand: 0,
                 waiters: Vec::new(),
             }),
-            inbox: Mutex::new(VecDeque::new()),
+            inbox: Mutex::new(SegQueue::new()),
             state: Mutex::new(None),
             gap: [0; GAP_WORDS],
         }
@@ -569,10 +570,10 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
 
     fn info(&self) -> ProcessInfo {
         let f = self.hdr.flags.load(Ordering::Relaxed);
-        let (running, queued, qcap) = {
+        let (running, queued, queue_bytes) = {
             let inbox = self.inbox.lock();
             let mb = self.mailbox.lock();
-            (mb.running, inbox.len() + mb.queue.len(), inbox.capacity() + mb.queue.capacity())
+            (mb.running, inbox.len() + mb.queue.len(), inbox.heap_bytes() + mb.queue.heap_bytes())
         };
         // The state is only measurable while idle (the runner owns it otherwise).
         let state_heap = self.state.try_lock().and_then(|s| s.as_ref().map(|b| b.heap_size())).unwrap_or(0);
@@ -589,7 +590,7 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
         };
         let memory = std::mem::size_of::<Cell<B>>()
             + 2 * std::mem::size_of::<usize>() // Arc counts
-            + qcap * std::mem::size_of::<Envelope<B>>()
+            + queue_bytes
             + state_heap
             + meta.links.capacity() * std::mem::size_of::<Pid>()
             + (meta.monitors.capacity() + meta.monitored_by.capacity()) * std::mem::size_of::<(MonitorRef, Pid)>()
@@ -736,7 +737,7 @@ mod tests {
     #[test]
     fn sender_and_runner_fields_do_not_share_cache_lines() {
         let m: Mutex<Mailbox<Probe>> = Mutex::new(Mailbox {
-            queue: VecDeque::new(),
+            queue: SegQueue::new(),
             running: false,
             suspended: false,
             closed: false,

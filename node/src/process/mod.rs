@@ -5,5 +5,6 @@ pub(crate) mod cell;
 pub mod context;
 pub mod introspect;
 pub mod node;
+pub(crate) mod queue;
 pub(crate) mod runner;
 pub mod trace;

@@ -560,7 +560,7 @@ impl Node {
         while out.len() < max {
             let want = (max - out.len()).min(TraceRing::READ_CHUNK);
             let chunk = match p.header().trace.lock().as_ref() {
-                Some(r) => r.read(pid, after, want),
+                Some(r) => r.read(pid, after, want, |raw| self.shared.raw_to_ns(raw)),
                 None => break,
             };
             let Some(last) = chunk.last() else { break };
@@ -730,7 +730,8 @@ impl TraceStream {
             // true the read below includes `exited` (when there is a ring at all).
             let exited = self.proc.header().meta.lock().exit_done;
             if let Some(ring) = self.proc.header().trace.lock().as_ref() {
-                self.buf.extend(ring.read(self.pid, self.after, TraceRing::READ_CHUNK));
+                let node = &self.proc.header().node;
+                self.buf.extend(ring.read(self.pid, self.after, TraceRing::READ_CHUNK, |raw| node.raw_to_ns(raw)));
             }
             if let Some(last) = self.buf.back() {
                 self.after = last.seq;
@@ -772,8 +773,17 @@ impl NodeShared {
         &self.shards[(serial as usize) % SHARDS]
     }
 
-    pub(crate) fn now_ns(&self) -> u64 {
-        self.clock.delta_as_nanos(self.started_raw, self.clock.raw())
+    /// The trace clock's raw reading. Trace records keep it as it is and are converted to
+    /// nanoseconds ([`NodeShared::raw_to_ns`]) only when read: the scaling is a 128-bit multiply
+    /// that the traced message path need not pay.
+    #[inline]
+    pub(crate) fn now_raw(&self) -> u64 {
+        self.clock.raw()
+    }
+
+    /// Nanoseconds since the node started at the raw trace-clock reading `raw`.
+    pub(crate) fn raw_to_ns(&self, raw: u64) -> u64 {
+        self.clock.delta_as_nanos(self.started_raw, raw)
     }
 
     /// Milliseconds since the node started (the monotonic clock fed to supervision decisions).
@@ -1144,7 +1154,7 @@ impl NodeShared {
         // `exited` first, then `exit_done`: a stream that sees `exit_done` finds `exited` in
         // the ring (see `TraceStream::next`).
         if let Some(ring) = hdr.trace.lock().as_mut() {
-            ring.push_value(self.now_ns(), TraceKind::Exited, None, None, reason.clone());
+            ring.push_value(self.now_raw(), TraceKind::Exited, None, None, reason.clone());
         }
         hdr.meta.lock().exit_done = true;
         // Wake streams even when no watcher is counted, so they see the exit.

@@ -14,7 +14,6 @@
 //! [`guarded`] turns a handler panic into a crash reason and lets a kill interrupt a handler that
 //! is awaiting something (e.g. a slow LLM call).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -91,6 +90,7 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 struct GuardMark;
 
 impl GuardMark {
+    #[inline]
     fn enter() -> GuardMark {
         IN_GUARD.with(|g| g.set(g.get() + 1));
         GuardMark
@@ -98,6 +98,7 @@ impl GuardMark {
 }
 
 impl Drop for GuardMark {
+    #[inline]
     fn drop(&mut self) {
         IN_GUARD.with(|g| g.set(g.get().saturating_sub(1)));
     }
@@ -149,9 +150,7 @@ fn next_envelope<B: Behaviour>(cell: &Cell<B>) -> Option<Envelope<B>> {
     }
     let mut mb = cell.mailbox.lock();
     if mb.queue.is_empty() {
-        if inbox.capacity() > 64 {
-            *inbox = VecDeque::new();
-        }
+        inbox.shrink_idle();
         return None;
     }
     std::mem::swap(&mut *inbox, &mut mb.queue);
@@ -180,9 +179,7 @@ fn try_idle<B: Behaviour>(cell: &Cell<B>, state: B) -> Result<(), B> {
     if idle {
         mb.running = false;
         mb.in_hand = inbox.len();
-        if mb.queue.capacity() > 64 && mb.queue.is_empty() {
-            mb.queue = VecDeque::new();
-        }
+        mb.queue.shrink_idle();
         if !mb.waiters.is_empty() {
             mb.wake_waiters();
         }

@@ -8,7 +8,6 @@
 //! The ring keeps the last [`TraceRing::capacity`] events (oldest dropped first); every event has
 //! a sequence number, so readers can resume (`after`) and notice gaps (`dropped`).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cluster_proto::{CorrelationId, Pid};
@@ -58,7 +57,8 @@ pub enum TraceKind {
 
 pub(crate) struct TraceRecord {
     pub seq: u64,
-    pub at_ns: u64,
+    /// The trace clock's raw reading (see `NodeShared::now_raw`).
+    pub at_raw: u64,
     pub kind: TraceKind,
     pub peer: Option<Pid>,
     pub corr: Option<CorrelationId>,
@@ -95,10 +95,16 @@ pub struct TraceEvent {
 pub(crate) type TraceSlot = spin::mutex::SpinMutex<Option<Box<TraceRing>>>;
 
 /// The bounded ring of one process's trace events.
+///
+/// `records` grows up to `capacity` and is then overwritten in place, oldest first (`start` is
+/// the oldest record's index once full): a full ring moves no record, and a record's payload box
+/// is reused for the next value of the same type (see [`TraceRing::push_value`]).
 pub(crate) struct TraceRing {
     capacity: usize,
     next_seq: u64,
-    records: VecDeque<TraceRecord>,
+    records: Vec<TraceRecord>,
+    /// Index of the oldest record (0 until the ring is full).
+    start: usize,
     pub(crate) notify: Arc<Notify>,
     pub(crate) watchers: usize,
     /// Last state snapshot recorded (to record `State` only on change).
@@ -114,71 +120,120 @@ impl TraceRing {
         TraceRing {
             capacity,
             next_seq: 1,
-            records: VecDeque::new(),
+            records: Vec::new(),
+            start: 0,
             notify: Arc::new(Notify::new()),
             watchers: 0,
             last_state: None,
         }
     }
 
-    /// Records `value`. A full ring drops its oldest record and, when that one held a value of
-    /// the same type, moves `value` into its box: a traced process handling one kind of message
-    /// allocates nothing per message once its ring has filled.
+    /// The record the next push writes: a new one while the ring fills, else the oldest, which
+    /// it overwrites. `None` while filling.
+    #[inline]
+    fn oldest_if_full(&mut self) -> Option<&mut TraceRecord> {
+        if self.records.len() < self.capacity {
+            return None;
+        }
+        self.records.get_mut(self.start)
+    }
+
+    /// Records `value`. A full ring overwrites its oldest record and, when that one held a value
+    /// of the same type, moves `value` into its box: a traced process handling one kind of
+    /// message allocates nothing per message once its ring has filled.
+    #[inline]
     pub(crate) fn push_value<T: Payload>(
         &mut self,
-        at_ns: u64,
+        at_raw: u64,
         kind: TraceKind,
         peer: Option<Pid>,
         corr: Option<CorrelationId>,
         value: T,
     ) {
-        let recycled =
-            if self.records.len() == self.capacity { self.records.pop_front().and_then(|r| r.payload) } else { None };
-        let payload: Box<dyn Payload> = match recycled {
-            Some(mut b) => match b.as_any_mut().downcast_mut::<T>() {
-                Some(slot) => {
-                    *slot = value;
-                    b
-                }
-                None => Box::new(value),
-            },
-            None => Box::new(value),
-        };
-        self.push(at_ns, kind, peer, corr, Some(payload));
+        if let Some(rec) = self.oldest_if_full() {
+            if let Some(slot) = rec.payload.as_mut().and_then(|b| b.as_any_mut().downcast_mut::<T>()) {
+                *slot = value;
+                self.overwrite_oldest(at_raw, kind, peer, corr, None);
+                return;
+            }
+        }
+        self.push(at_raw, kind, peer, corr, Some(Box::new(value)));
     }
 
     pub(crate) fn push(
         &mut self,
-        at_ns: u64,
+        at_raw: u64,
         kind: TraceKind,
         peer: Option<Pid>,
         corr: Option<CorrelationId>,
         payload: Option<Box<dyn Payload>>,
     ) {
-        if self.records.len() == self.capacity {
-            self.records.pop_front();
+        if self.records.len() < self.capacity {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.records.push(TraceRecord { seq, at_raw, kind, peer, corr, payload });
+            self.notify_watchers();
+        } else {
+            self.overwrite_oldest(at_raw, kind, peer, corr, Some(payload));
         }
+    }
+
+    /// Overwrites the oldest record of a full ring; `payload: None` keeps the record's payload
+    /// (already replaced in place by `push_value`).
+    #[inline]
+    fn overwrite_oldest(
+        &mut self,
+        at_raw: u64,
+        kind: TraceKind,
+        peer: Option<Pid>,
+        corr: Option<CorrelationId>,
+        payload: Option<Option<Box<dyn Payload>>>,
+    ) {
         let seq = self.next_seq;
+        let start = self.start;
+        let Some(rec) = self.records.get_mut(start) else {
+            // Unreachable: only called on a full ring, whose `start` is in bounds.
+            return;
+        };
         self.next_seq += 1;
-        self.records.push_back(TraceRecord { seq, at_ns, kind, peer, corr, payload });
+        rec.seq = seq;
+        rec.at_raw = at_raw;
+        rec.kind = kind;
+        rec.peer = peer;
+        rec.corr = corr;
+        if let Some(p) = payload {
+            rec.payload = p;
+        }
+        self.start = if start + 1 == self.capacity { 0 } else { start + 1 };
+        self.notify_watchers();
+    }
+
+    #[inline]
+    fn notify_watchers(&self) {
         if self.watchers > 0 {
             self.notify.notify_waiters();
         }
     }
 
-    /// Events with `seq > after`, at most `max`, rendered as JSON.
-    pub(crate) fn read(&self, pid: Pid, after: u64, max: usize) -> Vec<TraceEvent> {
+    /// The records, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = &TraceRecord> + '_ {
+        let (newer, older) = self.records.split_at(self.start.min(self.records.len()));
+        older.iter().chain(newer.iter())
+    }
+
+    /// Events with `seq > after`, at most `max`, rendered as JSON; `to_ns` converts the raw
+    /// clock readings.
+    pub(crate) fn read(&self, pid: Pid, after: u64, max: usize, to_ns: impl Fn(u64) -> u64) -> Vec<TraceEvent> {
         // Records are in seq order; skip the prefix quickly.
-        let first = self.records.front().map_or(0, |r| r.seq);
+        let first = self.records.get(self.start).map_or(0, |r| r.seq);
         let skip = after.saturating_add(1).saturating_sub(first.max(1)) as usize;
-        self.records
-            .iter()
+        self.in_order()
             .skip(skip)
             .filter(|r| r.seq > after)
             .take(max)
             .map(|r| TraceEvent {
                 seq: r.seq,
-                at_ns: r.at_ns,
+                at_ns: to_ns(r.at_raw),
                 kind: r.kind,
                 pid,
                 peer: r.peer,
@@ -213,12 +268,34 @@ mod tests {
         for i in 0..5u32 {
             r.push(i as u64, TraceKind::Received, None, None, Some(Box::new(i)));
         }
-        let all = r.read(pid, 0, 100);
+        let all = r.read(pid, 0, 100, |t| t);
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(all[0].payload, serde_json::json!(2));
-        assert_eq!(r.read(pid, 4, 100).len(), 1);
-        assert_eq!(r.read(pid, 5, 100).len(), 0);
-        assert_eq!(r.read(pid, 0, 2).len(), 2);
+        assert_eq!(r.read(pid, 4, 100, |t| t).len(), 1);
+        assert_eq!(r.read(pid, 5, 100, |t| t).len(), 0);
+        assert_eq!(r.read(pid, 0, 2, |t| t).len(), 2);
+    }
+
+    /// Reads resume from any point of a ring that has wrapped around several times.
+    #[test]
+    fn reads_resume_across_the_wrap() {
+        let pid: Pid = "<t.1.1>".parse().unwrap();
+        let mut r = TraceRing::new(4);
+        for i in 1..=11u64 {
+            r.push_value(i, TraceKind::Received, None, None, i);
+        }
+        assert_eq!(r.last_seq(), 11);
+        for after in 0..=11u64 {
+            let got: Vec<u64> = r.read(pid, after, 100, |t| t).iter().map(|e| e.seq).collect();
+            // Capacity 4: the ring holds 8..=11.
+            let expect: Vec<u64> = ((after + 1).max(8)..=11).collect();
+            assert_eq!(got, expect, "after {after}");
+            for e in r.read(pid, after, 100, |t| t) {
+                assert_eq!(e.payload, serde_json::json!(e.seq), "each record kept its own value");
+                assert_eq!(e.at_ns, e.seq);
+            }
+        }
+        assert_eq!(r.read(pid, 0, 2, |t| t).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![8, 9]);
     }
 
     #[test]
@@ -230,12 +307,12 @@ mod tests {
         let box_of =
             |r: &TraceRing, i: usize| r.records[i].payload.as_ref().map(|b| &**b as *const dyn Payload as *const u8);
         let first = box_of(&r, 0);
-        // Full: the `u64` record goes, and its box takes the next `u64`.
+        // Full: the `u64` record is overwritten, and its box takes the next `u64`.
         r.push_value(3, TraceKind::Received, None, None, 3u64);
-        assert_eq!(box_of(&r, 1), first, "recycled");
+        assert_eq!(box_of(&r, 0), first, "recycled");
         // The `String` record goes; a `u64` cannot use its box, so it gets a new one.
         r.push_value(4, TraceKind::Received, None, None, 4u64);
-        let all = r.read(pid, 0, 10);
+        let all = r.read(pid, 0, 10, |t| t);
         assert_eq!(all.iter().map(|e| (e.seq, e.at_ns)).collect::<Vec<_>>(), vec![(3, 3), (4, 4)]);
         assert_eq!(
             all.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
