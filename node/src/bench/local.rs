@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::{rss_bytes, BenchResult};
 
 /// Runs of each send case (untraced, traced), alternated; each figure is the median.
-pub const SEND_ROUNDS: usize = 3;
+pub const SEND_ROUNDS: usize = 5;
 use crate::{Behaviour, Context, Error, Node, NodeConfig, SpawnOpts};
 
 /// Sizes of the local benchmark (the defaults are the figures).
@@ -161,9 +161,11 @@ pub async fn run_local(sizes: LocalBenchSizes, mut emit: impl FnMut(&BenchResult
     // Warm up allocator and scheduler.
     send_case(&node, sizes.send / 10, false).await?;
     let (mut untraced, mut traced) = (Vec::with_capacity(SEND_ROUNDS), Vec::with_capacity(SEND_ROUNDS));
-    for _ in 0..SEND_ROUNDS {
-        untraced.push(send_case(&node, sizes.send, false).await?);
-        traced.push(send_case(&node, sizes.send, true).await?);
+    for round in 0..SEND_ROUNDS {
+        let (u, t) = (send_case(&node, sizes.send, false).await?, send_case(&node, sizes.send, true).await?);
+        tracing::debug!(target: "soma::bench", round, untraced = u, traced = t, ratio = t / u, "send round");
+        untraced.push(u);
+        traced.push(t);
     }
     let (untraced, traced) = (median(&mut untraced), median(&mut traced));
     push(result("send_msgs_per_sec", untraced, "msgs/s"));
