@@ -3,7 +3,9 @@
 //! Off by default. When off, the only cost on the message path is one relaxed load of the
 //! process's flag word, which the runner does anyway (to see kills and system messages). When on,
 //! each event stores a *clone* of the message — rendering it as JSON is deferred until someone
-//! reads the trace, so tracing does not serialize on the hot path.
+//! reads the trace, so tracing does not serialize on the hot path. A clone of up to 24 bytes
+//! (a number, a `String`, most small enums) is kept inside its record ([`Stored`]), and a full
+//! ring overwrites records in place, so a traced process allocates nothing per message.
 //!
 //! The ring keeps the last [`TraceRing::capacity`] events (oldest dropped first); every event has
 //! a sequence number, so readers can resume (`after`) and notice gaps (`dropped`).
@@ -28,6 +30,128 @@ impl<T: Serialize + Send + 'static> Payload for T {
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
+    }
+}
+
+/// Words of a payload kept inside its trace record (no allocation): 24 bytes hold a `u64`, a
+/// `String`, a `Vec`, a PID, and most small message enums.
+const INLINE_WORDS: usize = 3;
+
+/// How a record keeps its payload: inline when the value fits [`INLINE_WORDS`] (with the
+/// functions that render and drop it), else boxed. Overwriting an inline payload is a drop and
+/// a copy into the record itself: no allocation and no second cache line per traced message.
+pub(crate) struct Stored(Repr);
+
+enum Repr {
+    Inline {
+        /// Holds a value of the type `vt` was made for (see [`Stored::new`]).
+        buf: std::mem::MaybeUninit<[u64; INLINE_WORDS]>,
+        vt: &'static InlineVt,
+    },
+    Boxed(Box<dyn Payload>),
+}
+
+/// Type-erased operations on an inline payload.
+struct InlineVt {
+    /// Safety: the pointer is to a live value of the vtable's type.
+    to_json: unsafe fn(*const u8) -> serde_json::Value,
+    /// `None` if the type needs no drop. Safety: as `to_json`; the value is dead afterwards.
+    drop: Option<unsafe fn(*mut u8)>,
+}
+
+struct VtOf<T>(std::marker::PhantomData<T>);
+
+impl<T: Payload> VtOf<T> {
+    const VT: InlineVt = InlineVt {
+        to_json: |p| {
+            // SAFETY: `InlineVt::to_json`'s contract: `p` points to a live `T`.
+            unsafe { &*(p as *const T) }.to_json()
+        },
+        drop: if std::mem::needs_drop::<T>() {
+            Some(|p| {
+                // SAFETY: `InlineVt::drop`'s contract: `p` points to a live `T`, dropped once.
+                unsafe { std::ptr::drop_in_place(p as *mut T) }
+            })
+        } else {
+            None
+        },
+    };
+}
+
+// SAFETY: `Repr::Inline` holds a `T: Payload`, which is `Send`; `Repr::Boxed` is `Send` itself.
+unsafe impl Send for Stored {}
+
+impl Stored {
+    #[inline]
+    const fn fits<T>() -> bool {
+        std::mem::size_of::<T>() <= std::mem::size_of::<[u64; INLINE_WORDS]>()
+            && std::mem::align_of::<T>() <= std::mem::align_of::<u64>()
+    }
+
+    /// Stores `value`, inline if it fits.
+    #[inline]
+    pub(crate) fn new<T: Payload>(value: T) -> Stored {
+        if Self::fits::<T>() {
+            let mut buf = std::mem::MaybeUninit::<[u64; INLINE_WORDS]>::uninit();
+            // SAFETY: `T` fits the buffer in size and alignment (checked above); the buffer is
+            // uninitialized, so nothing is overwritten; `vt` is `T`'s.
+            unsafe { std::ptr::write(buf.as_mut_ptr() as *mut T, value) };
+            Stored(Repr::Inline { buf, vt: &VtOf::<T>::VT })
+        } else {
+            Stored(Repr::Boxed(Box::new(value)))
+        }
+    }
+
+    /// Replaces the payload with `value`: in place when inline, into the same box when it holds
+    /// a `T` (a full ring then allocates nothing per message), else a new store.
+    #[inline]
+    pub(crate) fn set<T: Payload>(&mut self, value: T) {
+        if !Self::fits::<T>() {
+            if let Repr::Boxed(b) = &mut self.0 {
+                if let Some(slot) = b.as_any_mut().downcast_mut::<T>() {
+                    *slot = value;
+                    return;
+                }
+            }
+        }
+        // Drops the old payload first; sound even if that drop panics (the new one is written).
+        *self = Stored::new(value);
+    }
+
+    /// The payload as JSON.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        match &self.0 {
+            // SAFETY: `buf` holds a live value of `vt`'s type (see `Stored::new`).
+            Repr::Inline { buf, vt } => unsafe { (vt.to_json)(buf.as_ptr() as *const u8) },
+            Repr::Boxed(b) => b.to_json(),
+        }
+    }
+
+    /// True if the value lives in the record itself.
+    #[cfg(test)]
+    fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
+    }
+
+    /// The box's address (for tests of recycling).
+    #[cfg(test)]
+    fn box_addr(&self) -> Option<*const u8> {
+        match &self.0 {
+            Repr::Boxed(b) => Some(&**b as *const dyn Payload as *const u8),
+            Repr::Inline { .. } => None,
+        }
+    }
+}
+
+impl Drop for Stored {
+    #[inline]
+    fn drop(&mut self) {
+        if let Repr::Inline { buf, vt } = &mut self.0 {
+            if let Some(drop) = vt.drop {
+                // SAFETY: `buf` holds a live value of `vt`'s type, dropped only here.
+                unsafe { drop(buf.as_mut_ptr() as *mut u8) }
+            }
+        }
     }
 }
 
@@ -62,7 +186,7 @@ pub(crate) struct TraceRecord {
     pub kind: TraceKind,
     pub peer: Option<Pid>,
     pub corr: Option<CorrelationId>,
-    pub payload: Option<Box<dyn Payload>>,
+    pub payload: Option<Stored>,
 }
 
 /// One event of a process trace, as read back (JSON-ready).
@@ -138,9 +262,10 @@ impl TraceRing {
         self.records.get_mut(self.start)
     }
 
-    /// Records `value`. A full ring overwrites its oldest record and, when that one held a value
-    /// of the same type, moves `value` into its box: a traced process handling one kind of
-    /// message allocates nothing per message once its ring has filled.
+    /// Records `value`. A full ring overwrites its oldest record, and its payload in place
+    /// ([`Stored::set`]): a traced process allocates nothing per message once its ring has
+    /// filled (small values live in the record; a larger one reuses the box of the value it
+    /// replaces when the types match).
     #[inline]
     pub(crate) fn push_value<T: Payload>(
         &mut self,
@@ -151,44 +276,22 @@ impl TraceRing {
         value: T,
     ) {
         if let Some(rec) = self.oldest_if_full() {
-            if let Some(slot) = rec.payload.as_mut().and_then(|b| b.as_any_mut().downcast_mut::<T>()) {
-                *slot = value;
-                self.overwrite_oldest(at_raw, kind, peer, corr, None);
-                return;
+            match &mut rec.payload {
+                Some(p) => p.set(value),
+                None => rec.payload = Some(Stored::new(value)),
             }
+            self.overwrite_oldest(at_raw, kind, peer, corr);
+            return;
         }
-        self.push(at_raw, kind, peer, corr, Some(Box::new(value)));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.records.push(TraceRecord { seq, at_raw, kind, peer, corr, payload: Some(Stored::new(value)) });
+        self.notify_watchers();
     }
 
-    pub(crate) fn push(
-        &mut self,
-        at_raw: u64,
-        kind: TraceKind,
-        peer: Option<Pid>,
-        corr: Option<CorrelationId>,
-        payload: Option<Box<dyn Payload>>,
-    ) {
-        if self.records.len() < self.capacity {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.records.push(TraceRecord { seq, at_raw, kind, peer, corr, payload });
-            self.notify_watchers();
-        } else {
-            self.overwrite_oldest(at_raw, kind, peer, corr, Some(payload));
-        }
-    }
-
-    /// Overwrites the oldest record of a full ring; `payload: None` keeps the record's payload
-    /// (already replaced in place by `push_value`).
+    /// Overwrites the oldest record of a full ring (its payload was replaced in place).
     #[inline]
-    fn overwrite_oldest(
-        &mut self,
-        at_raw: u64,
-        kind: TraceKind,
-        peer: Option<Pid>,
-        corr: Option<CorrelationId>,
-        payload: Option<Option<Box<dyn Payload>>>,
-    ) {
+    fn overwrite_oldest(&mut self, at_raw: u64, kind: TraceKind, peer: Option<Pid>, corr: Option<CorrelationId>) {
         let seq = self.next_seq;
         let start = self.start;
         let Some(rec) = self.records.get_mut(start) else {
@@ -201,9 +304,6 @@ impl TraceRing {
         rec.kind = kind;
         rec.peer = peer;
         rec.corr = corr;
-        if let Some(p) = payload {
-            rec.payload = p;
-        }
         self.start = if start + 1 == self.capacity { 0 } else { start + 1 };
         self.notify_watchers();
     }
@@ -266,7 +366,7 @@ mod tests {
         let pid: Pid = "<t.1.1>".parse().unwrap();
         let mut r = TraceRing::new(3);
         for i in 0..5u32 {
-            r.push(i as u64, TraceKind::Received, None, None, Some(Box::new(i)));
+            r.push_value(i as u64, TraceKind::Received, None, None, i);
         }
         let all = r.read(pid, 0, 100, |t| t);
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
@@ -299,24 +399,84 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ring_moves_values_of_the_same_type_into_the_box_it_drops() {
+    fn a_full_ring_reuses_the_box_of_a_large_value_of_the_same_type() {
         let pid: Pid = "<t.1.1>".parse().unwrap();
+        let big = |x: u64| [x; 8];
         let mut r = TraceRing::new(2);
-        r.push_value(1, TraceKind::Received, None, None, 1u64);
+        r.push_value(1, TraceKind::Received, None, None, big(1));
         r.push_value(2, TraceKind::Received, None, None, "two".to_string());
-        let box_of =
-            |r: &TraceRing, i: usize| r.records[i].payload.as_ref().map(|b| &**b as *const dyn Payload as *const u8);
-        let first = box_of(&r, 0);
-        // Full: the `u64` record is overwritten, and its box takes the next `u64`.
-        r.push_value(3, TraceKind::Received, None, None, 3u64);
-        assert_eq!(box_of(&r, 0), first, "recycled");
-        // The `String` record goes; a `u64` cannot use its box, so it gets a new one.
-        r.push_value(4, TraceKind::Received, None, None, 4u64);
+        fn payload(r: &TraceRing, i: usize) -> &Stored {
+            r.records[i].payload.as_ref().expect("a payload")
+        }
+        assert!(payload(&r, 1).is_inline(), "a String fits the record");
+        let first = payload(&r, 0).box_addr();
+        assert!(first.is_some(), "64 bytes do not");
+        // Full: the first record is overwritten, and its box takes the next value of its type.
+        r.push_value(3, TraceKind::Received, None, None, big(3));
+        assert_eq!(payload(&r, 0).box_addr(), first, "recycled");
+        // The `String` record goes; its inline space cannot take 64 bytes: a new box.
+        r.push_value(4, TraceKind::Received, None, None, big(4));
+        assert!(payload(&r, 1).box_addr().is_some());
         let all = r.read(pid, 0, 10, |t| t);
         assert_eq!(all.iter().map(|e| (e.seq, e.at_ns)).collect::<Vec<_>>(), vec![(3, 3), (4, 4)]);
         assert_eq!(
             all.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-            vec![serde_json::json!(3), serde_json::json!(4)]
+            vec![serde_json::json!([3, 3, 3, 3, 3, 3, 3, 3]), serde_json::json!([4, 4, 4, 4, 4, 4, 4, 4])]
         );
+    }
+
+    /// Counts its drops; serializes as its number.
+    struct Counted(u64, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Serialize for Counted {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(self.0)
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Inline payloads of mixed types: each is rendered as its own type and dropped exactly
+    /// once, whether it is overwritten by a value of the same type, of another inline type, or
+    /// of a boxed one, or dropped with the ring.
+    #[test]
+    fn inline_payloads_are_rendered_and_dropped_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pid: Pid = "<t.1.1>".parse().unwrap();
+        let drops = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = |x: u64| Counted(x, std::sync::Arc::clone(&drops));
+        let mut r = TraceRing::new(3);
+        let mut pushed = 0usize;
+        for i in 0..30u64 {
+            match i % 4 {
+                0 | 1 => {
+                    r.push_value(i, TraceKind::Received, None, None, counted(i));
+                    pushed += 1;
+                }
+                2 => r.push_value(i, TraceKind::Received, None, None, format!("s{i}")),
+                _ => r.push_value(i, TraceKind::Received, None, None, [i; 8]),
+            }
+        }
+        let live = r
+            .records
+            .iter()
+            .filter(|rec| rec.at_raw % 4 < 2)
+            .inspect(|rec| assert!(rec.payload.as_ref().is_some_and(Stored::is_inline)))
+            .count();
+        assert_eq!(drops.load(Ordering::SeqCst), pushed - live, "every overwritten value was dropped once");
+        let want: Vec<serde_json::Value> = (27..30u64)
+            .map(|i| match i % 4 {
+                0 | 1 => serde_json::json!(i),
+                2 => serde_json::json!(format!("s{i}")),
+                _ => serde_json::json!(vec![i; 8]),
+            })
+            .collect();
+        assert_eq!(r.read(pid, 0, 10, |t| t).into_iter().map(|e| e.payload).collect::<Vec<_>>(), want);
+        drop(r);
+        assert_eq!(drops.load(Ordering::SeqCst), pushed, "the rest go with the ring");
     }
 }
