@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use supervisor::cluster::fence::{ChildKey, Fence, StartVerdict};
 use supervisor::cluster::plan::{plan, reconcile, PlanConfig, Report};
-use supervisor::cluster::{Cause, Command, Effect, NodeView, View};
+use supervisor::cluster::{Cause, Command, Effect, View};
 use supervisor::ExitClass;
 use tokio::sync::{broadcast, mpsc};
 
@@ -368,22 +368,7 @@ fn now_ms() -> u64 {
 }
 
 fn view_of(membership: &Membership) -> View {
-    membership
-        .members()
-        .into_iter()
-        .map(|m| {
-            let v = NodeView {
-                name: m.name.clone(),
-                role: m.role.as_str().to_owned(),
-                providers: m.providers.clone(),
-                unavailable: m.unavailable.clone(),
-                load: m.load.processes,
-                capacity: m.capacity,
-                leaving: m.leaving,
-            };
-            (m.name, v)
-        })
-        .collect()
+    membership.members().iter().map(|m| (m.name.clone(), crate::membership::placement::node_view(m))).collect()
 }
 
 async fn run(

@@ -1,11 +1,15 @@
-//! Placement, as pure code: which member a process should start on, given constraints.
+//! Placement of a single process (`soma spawn --placement`), as pure code: which member it
+//! should start on, given constraints.
 //!
-//! [`place`] filters the members by role, by provider (in preference order: the first provider
-//! any member serves wins) and by exclusions, then picks the least loaded (processes per unit of
-//! capacity; ties broken by name, so the choice is deterministic for a given view). Members that
-//! announced a graceful leave are never chosen.
+//! [`place`] is the cluster supervisor's placement (`supervisor::cluster::placement::place`)
+//! applied to the gossiped members: filter by role, by provider (in preference order: the first
+//! provider some member serves and has not marked unavailable wins) and by exclusions, then pick
+//! the least loaded (processes per unit of capacity; ties broken by name, so the choice is
+//! deterministic for a given view). Members that announced a graceful leave are never chosen.
+//! One rule set for both, so a process placed by hand lands where a supervisor would put it.
 
 use serde::{Deserialize, Serialize};
+use supervisor::cluster::placement::{self as cluster, Hints, NodeView, PlacementSpec};
 
 use super::view::{Member, Role};
 
@@ -45,30 +49,31 @@ impl std::fmt::Display for Constraint {
     }
 }
 
-/// Load per unit of capacity, compared without floating point: `processes / capacity`.
-fn lighter(a: &Member, b: &Member) -> std::cmp::Ordering {
-    let (ca, cb) = (u128::from(a.capacity.max(1)), u128::from(b.capacity.max(1)));
-    (u128::from(a.load.processes) * cb).cmp(&(u128::from(b.load.processes) * ca)).then_with(|| a.name.cmp(&b.name))
+/// A member as the placement rules see it.
+pub fn node_view(m: &Member) -> NodeView {
+    NodeView {
+        name: m.name.clone(),
+        role: m.role.as_str().to_owned(),
+        providers: m.providers.clone(),
+        unavailable: m.unavailable.clone(),
+        load: m.load.processes,
+        capacity: m.capacity,
+        leaving: m.leaving,
+    }
 }
 
 /// The member to place a process on (see the module docs).
 pub fn place<'a>(members: impl IntoIterator<Item = &'a Member>, c: &Constraint) -> Result<&'a Member, NoMatch> {
-    let eligible: Vec<&Member> = members
-        .into_iter()
-        .filter(|m| !m.leaving)
-        .filter(|m| c.role.is_none_or(|r| m.role == r))
-        .filter(|m| !c.avoid.contains(&m.name))
-        .collect();
-    let pool: Vec<&Member> = if c.providers.is_empty() {
-        eligible
-    } else {
-        c.providers
-            .iter()
-            .map(|p| eligible.iter().copied().filter(|m| m.serves(p)).collect::<Vec<_>>())
-            .find(|v| !v.is_empty())
-            .unwrap_or_default()
+    let members: Vec<&Member> = members.into_iter().collect();
+    let view: cluster::View = members.iter().map(|m| (m.name.clone(), node_view(m))).collect();
+    let spec = PlacementSpec {
+        role: c.role.map(|r| r.as_str().to_owned()),
+        providers: c.providers.clone(),
+        spread: false,
+        avoid: c.avoid.clone(),
     };
-    pool.into_iter().min_by(|a, b| lighter(a, b)).ok_or_else(|| NoMatch(c.to_string()))
+    let placed = cluster::place(&view, &spec, Hints::default()).map_err(|_| NoMatch(c.to_string()))?;
+    members.into_iter().find(|m| m.name == placed.node).ok_or_else(|| NoMatch(c.to_string()))
 }
 
 #[cfg(test)]
