@@ -10,8 +10,8 @@
 //!   atomic read-modify-write);
 //! * the **mailbox** (`Mutex<Mailbox>`): the queue senders push to, the system-message queue,
 //!   and the scheduling state (`running`, `suspended`, `closed`);
-//! * the **inbox** (`Mutex<SegQueue>`, see [`queue`](super::queue)): the batch the runner took from the mailbox and has not
-//!   handled yet. Only the runner pops from it; introspection may lock it to peek. The runner
+//! * the **inbox** (`Mutex<SegQueue>`, see [`queue`](super::queue)): the batch the runner took
+//!   from the mailbox and has not handled yet. Only the runner pops from it; introspection may lock it to peek. The runner
 //!   takes this lock once per message (an uncontended lock, two atomic operations): a pop must
 //!   exclude a concurrent `peek`, which clones the queued messages, and `peek` must see the
 //!   in-hand batch, or the "thought log" would hide up to a whole batch of pending messages.

@@ -186,7 +186,7 @@ pub(crate) struct TraceRecord {
     pub kind: TraceKind,
     pub peer: Option<Pid>,
     pub corr: Option<CorrelationId>,
-    pub payload: Option<Stored>,
+    pub payload: Stored,
 }
 
 /// One event of a process trace, as read back (JSON-ready).
@@ -252,20 +252,10 @@ impl TraceRing {
         }
     }
 
-    /// The record the next push writes: a new one while the ring fills, else the oldest, which
-    /// it overwrites. `None` while filling.
-    #[inline]
-    fn oldest_if_full(&mut self) -> Option<&mut TraceRecord> {
-        if self.records.len() < self.capacity {
-            return None;
-        }
-        self.records.get_mut(self.start)
-    }
-
-    /// Records `value`. A full ring overwrites its oldest record, and its payload in place
-    /// ([`Stored::set`]): a traced process allocates nothing per message once its ring has
-    /// filled (small values live in the record; a larger one reuses the box of the value it
-    /// replaces when the types match).
+    /// Records `value`. While the ring fills, a new record is appended; a full ring overwrites
+    /// its oldest record, and its payload in place ([`Stored::set`]): a traced process allocates
+    /// nothing per message once its ring has filled (small values live in the record; a larger
+    /// one reuses the box of the value it replaces when the types match).
     #[inline]
     pub(crate) fn push_value<T: Payload>(
         &mut self,
@@ -275,36 +265,19 @@ impl TraceRing {
         corr: Option<CorrelationId>,
         value: T,
     ) {
-        if let Some(rec) = self.oldest_if_full() {
-            match &mut rec.payload {
-                Some(p) => p.set(value),
-                None => rec.payload = Some(Stored::new(value)),
-            }
-            self.overwrite_oldest(at_raw, kind, peer, corr);
-            return;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.records.len() < self.capacity {
+            self.records.push(TraceRecord { seq, at_raw, kind, peer, corr, payload: Stored::new(value) });
+        } else if let Some(rec) = self.records.get_mut(self.start) {
+            rec.payload.set(value);
+            rec.seq = seq;
+            rec.at_raw = at_raw;
+            rec.kind = kind;
+            rec.peer = peer;
+            rec.corr = corr;
+            self.start = if self.start + 1 == self.capacity { 0 } else { self.start + 1 };
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.records.push(TraceRecord { seq, at_raw, kind, peer, corr, payload: Some(Stored::new(value)) });
-        self.notify_watchers();
-    }
-
-    /// Overwrites the oldest record of a full ring (its payload was replaced in place).
-    #[inline]
-    fn overwrite_oldest(&mut self, at_raw: u64, kind: TraceKind, peer: Option<Pid>, corr: Option<CorrelationId>) {
-        let seq = self.next_seq;
-        let start = self.start;
-        let Some(rec) = self.records.get_mut(start) else {
-            // Unreachable: only called on a full ring, whose `start` is in bounds.
-            return;
-        };
-        self.next_seq += 1;
-        rec.seq = seq;
-        rec.at_raw = at_raw;
-        rec.kind = kind;
-        rec.peer = peer;
-        rec.corr = corr;
-        self.start = if start + 1 == self.capacity { 0 } else { start + 1 };
         self.notify_watchers();
     }
 
@@ -338,7 +311,7 @@ impl TraceRing {
                 pid,
                 peer: r.peer,
                 corr: r.corr,
-                payload: r.payload.as_ref().map_or(serde_json::Value::Null, |p| p.to_json()),
+                payload: r.payload.to_json(),
             })
             .collect()
     }
@@ -406,7 +379,7 @@ mod tests {
         r.push_value(1, TraceKind::Received, None, None, big(1));
         r.push_value(2, TraceKind::Received, None, None, "two".to_string());
         fn payload(r: &TraceRing, i: usize) -> &Stored {
-            r.records[i].payload.as_ref().expect("a payload")
+            &r.records[i].payload
         }
         assert!(payload(&r, 1).is_inline(), "a String fits the record");
         let first = payload(&r, 0).box_addr();
@@ -461,12 +434,8 @@ mod tests {
                 _ => r.push_value(i, TraceKind::Received, None, None, [i; 8]),
             }
         }
-        let live = r
-            .records
-            .iter()
-            .filter(|rec| rec.at_raw % 4 < 2)
-            .inspect(|rec| assert!(rec.payload.as_ref().is_some_and(Stored::is_inline)))
-            .count();
+        let live =
+            r.records.iter().filter(|rec| rec.at_raw % 4 < 2).inspect(|rec| assert!(rec.payload.is_inline())).count();
         assert_eq!(drops.load(Ordering::SeqCst), pushed - live, "every overwritten value was dropped once");
         let want: Vec<serde_json::Value> = (27..30u64)
             .map(|i| match i % 4 {
