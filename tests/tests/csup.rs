@@ -99,6 +99,17 @@ async fn supervise(hot: &Member, dir: &PathBuf) -> (RaftNode, ClusterSupervisor)
     (raft, sup)
 }
 
+/// Supervision on `hot` with one child, `w1` (a `demo.counter` pinned to `openai`), running:
+/// its node, generation and PID.
+async fn supervise_w1(hot: &Member, dir: &PathBuf) -> (RaftNode, ClusterSupervisor, (String, u64, Pid)) {
+    let (raft, sup) = supervise(hot, dir).await;
+    let spec = cold_child("w1", "demo.counter", "7", &["openai"]);
+    sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
+    until("w1 running on an openai node", || running_on(&raft).is_some()).await;
+    let running = running_on(&raft).expect("running");
+    (raft, sup, running)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_lost() {
     let ca = TestCa::new();
@@ -108,12 +119,7 @@ async fn g6_a_supervised_child_is_restarted_in_place_and_moved_when_its_node_is_
     let cold_c = member(&ca, "cold-c", Role::Cold, &["anthropic"], Some(&hot.node)).await;
     until("membership converged", || hot.membership.len() == 4).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-{}", std::process::id()));
-    let (raft, sup) = supervise(&hot, &dir).await;
-    let spec = cold_child("w1", "demo.counter", "7", &["openai"]);
-    sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
-
-    until("w1 running on an openai node", || running_on(&raft).is_some()).await;
-    let (node1, gen1, pid1) = running_on(&raft).expect("running");
+    let (raft, _sup, (node1, gen1, pid1)) = supervise_w1(&hot, &dir).await;
     assert!(node1 == "cold-a" || node1 == "cold-b", "placed by provider: {node1}");
     let colds = [&cold_a, &cold_b, &cold_c];
     let host = colds.iter().find(|m| *m.node.id().name() == *node1).expect("its node");
@@ -191,11 +197,7 @@ async fn g6_a_node_back_from_a_partition_has_its_stale_incarnation_stopped() {
     let cold_b = member(&ca, "cold-b", Role::Cold, &["openai"], Some(&hot.node)).await;
     until("membership converged", || hot.membership.len() == 3).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-cut-{}", std::process::id()));
-    let (raft, sup) = supervise(&hot, &dir).await;
-    let spec = cold_child("w1", "demo.counter", "7", &["openai"]);
-    sup.propose(Command::AddChild { sup: "agents".into(), spec }).await.expect("add");
-    until("w1 running", || running_on(&raft).is_some()).await;
-    let (node1, gen1, pid1) = running_on(&raft).expect("running");
+    let (raft, _sup, (node1, gen1, pid1)) = supervise_w1(&hot, &dir).await;
     let (cut, other) = if node1 == "cold-a" { (&cold_a, &cold_b) } else { (&cold_b, &cold_a) };
 
     cut.fault.cut();
