@@ -48,7 +48,7 @@ impl std::hash::Hasher for SerialHasher {
     fn write(&mut self, bytes: &[u8]) {
         // Only `u64` keys are hashed; this keeps the trait's contract for anything else.
         for &b in bytes {
-            self.0 = (self.0 << 8 | self.0 >> 56) ^ u64::from(b);
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
         self.0 = mix_serial(self.0);
     }
