@@ -10,13 +10,14 @@
 //!   atomic read-modify-write);
 //! * the **mailbox** (`Mutex<Mailbox>`): the queue senders push to, the system-message queue,
 //!   and the scheduling state (`running`, `suspended`, `closed`);
-//! * the **inbox** (`Mutex<SegQueue>`, see [`queue`](super::queue)): the batch the runner took
-//!   from the mailbox and has not handled yet. Only the runner pops from it; introspection may lock it to peek. The runner
-//!   takes this lock once per message (an uncontended lock, two atomic operations): a pop must
-//!   exclude a concurrent `peek`, which clones the queued messages, and `peek` must see the
-//!   in-hand batch, or the "thought log" would hide up to a whole batch of pending messages.
-//!   A runner-local batch would save those two operations but make the batch invisible; we
-//!   chose visibility (see the README's benchmarks for what one-way send costs with it);
+//! * the **inbox** (a spin lock around a `SegQueue`, see [`queue`](super::queue) and
+//!   [`InboxSlot`]): the batch the runner took from the mailbox and has not handled yet. Only
+//!   the runner pops from it; introspection may lock it to peek. The runner takes this lock
+//!   once per message: a pop must exclude a concurrent `peek`, and `peek` must see the in-hand
+//!   batch, or the "thought log" would hide up to a whole batch of pending messages. A
+//!   runner-local batch would save the lock but make the batch invisible; we chose visibility.
+//!   The lock is a spin lock because its unlock is a plain store: with a parking mutex, the
+//!   lock's two read-modify-writes were ~40% of the samples in the runner's loop;
 //! * the **state** (`Mutex<Option<B>>`): the behaviour's state while the process is idle. The
 //!   runner takes it out for the length of an activation and puts it back before going idle.
 //!
@@ -139,20 +140,40 @@ fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_else(|e| serde_json::Value::String(format!("<unserializable: {e}>")))
 }
 
+/// A copy of a queued envelope for `peek` (without the reply channel), taken under the locks and
+/// rendered after.
+enum Peeked<B: Behaviour> {
+    Cast { msg: B::Msg, from: Option<Pid>, corr: Option<CorrelationId> },
+    Call { req: B::Call, from: Option<Pid>, corr: Option<CorrelationId> },
+    Exit { from: Pid, reason: ExitReason },
+    Down(Down),
+}
+
 impl<B: Behaviour> Envelope<B> {
-    fn peek_json(&self) -> serde_json::Value {
+    fn peeked(&self) -> Peeked<B> {
+        match self {
+            Envelope::Cast { msg, from, corr } => Peeked::Cast { msg: msg.clone(), from: *from, corr: *corr },
+            Envelope::Call { req, from, corr, .. } => Peeked::Call { req: req.clone(), from: *from, corr: *corr },
+            Envelope::Exit { from, reason } => Peeked::Exit { from: *from, reason: reason.clone() },
+            Envelope::Down(d) => Peeked::Down(d.clone()),
+        }
+    }
+}
+
+impl<B: Behaviour> Peeked<B> {
+    fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         match self {
-            Envelope::Cast { msg, from, corr } => {
+            Peeked::Cast { msg, from, corr } => {
                 json!({"kind": "cast", "from": from, "corr": corr, "msg": to_json(msg)})
             }
-            Envelope::Call { req, from, corr, .. } => {
+            Peeked::Call { req, from, corr } => {
                 json!({"kind": "call", "from": from, "corr": corr, "msg": to_json(req)})
             }
-            Envelope::Exit { from, reason } => {
+            Peeked::Exit { from, reason } => {
                 json!({"kind": "exit", "from": from, "reason": reason.to_string()})
             }
-            Envelope::Down(d) => {
+            Peeked::Down(d) => {
                 json!({"kind": "down", "pid": d.pid, "monitor": d.monitor, "reason": d.reason.to_string()})
             }
         }
@@ -352,8 +373,15 @@ pub(crate) struct Cell<B: Behaviour> {
     gap: [u64; GAP_WORDS],
     pub hdr: Header,
     pub state: Mutex<Option<B>>,
-    pub inbox: Mutex<SegQueue<Envelope<B>>>,
+    pub inbox: InboxSlot<B>,
 }
+
+/// Where the runner keeps its in-hand batch: a spin lock, held for one pop (by the runner), one
+/// swap with the mailbox queue, or one bounded copy (`info` counts, `peek` clones at most its
+/// `max` messages and renders them after unlocking). Nothing that can block or await runs under
+/// it (a message's `Clone` is the only user code); the only lock taken under it is the
+/// mailbox's (lock order: inbox, then mailbox).
+pub(crate) type InboxSlot<B> = spin::mutex::SpinMutex<SegQueue<Envelope<B>>>;
 
 /// Why a push was refused.
 pub(crate) enum PushError<B: Behaviour> {
@@ -390,7 +418,7 @@ impl<B: Behaviour> Cell<B> {
                 in_hand: 0,
                 waiters: Vec::new(),
             }),
-            inbox: Mutex::new(SegQueue::new()),
+            inbox: InboxSlot::new(SegQueue::new()),
             state: Mutex::new(None),
             gap: [0; GAP_WORDS],
         }
@@ -621,9 +649,13 @@ impl<B: Behaviour> AnyProcess for Cell<B> {
     }
 
     fn peek_json(&self, max: usize) -> Vec<serde_json::Value> {
-        let inbox = self.inbox.lock();
-        let mb = self.mailbox.lock();
-        inbox.iter().chain(mb.queue.iter()).take(max).map(Envelope::peek_json).collect()
+        // Clone under the locks, render after: the runner spins on the inbox lock meanwhile.
+        let peeked: Vec<Peeked<B>> = {
+            let inbox = self.inbox.lock();
+            let mb = self.mailbox.lock();
+            inbox.iter().chain(mb.queue.iter()).take(max).map(Envelope::peeked).collect()
+        };
+        peeked.iter().map(Peeked::to_json).collect()
     }
 
     fn send_json(self: Arc<Self>, msg: serde_json::Value, corr: Option<CorrelationId>) -> Result<(), String> {
