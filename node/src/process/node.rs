@@ -565,6 +565,10 @@ impl Node {
     }
 
     /// Up to `max` queued messages, oldest first, as JSON — without consuming them.
+    ///
+    /// The queued messages are cloned under the process's inbox and mailbox locks and rendered
+    /// after: the process's runner and its senders wait for at most `max` clones, so keep `max`
+    /// modest on a busy process (the admin API caps it at 1,000).
     pub fn peek(&self, pid: Pid, max: usize) -> Result<Vec<serde_json::Value>, IntrospectError> {
         self.shared.lookup(pid).map(|p| p.peek_json(max)).ok_or(IntrospectError::NoProc(pid))
     }
