@@ -1,10 +1,11 @@
-//! Bodies of control frames other than gossip (whose body is chitchat's): remote spawn,
-//! process-group replication and generic request/response ([`RpcRequest`], [`RpcReply`]).
+//! Bodies of control frames other than gossip (whose body is chitchat's): process-group
+//! replication, generic request/response ([`RpcRequest`], [`RpcReply`]) and the bodies of the
+//! remote-spawn service that rides it.
 //!
-//! A node asks a peer to spawn a registered behaviour with [`SpawnRequest`] (tag
-//! [`tag::SPAWN`](crate::frame::tag::SPAWN)) and gets a [`SpawnReply`] (tag
-//! [`tag::SPAWN_REPLY`](crate::frame::tag::SPAWN_REPLY)) with the same `id`. Both are encoded with
-//! [`codec::encode_payload`](crate::codec::encode_payload) and decoded with
+//! A node asks a peer to spawn a registered behaviour through the RPC: the request body of the
+//! peer's spawn service is a [`SpawnRequest`], its answer a `Result<u64, SpawnRefused>` (the new
+//! process's serial on the answering node, or why there is none). Like every body here, both
+//! are encoded with [`codec::encode_payload`](crate::codec::encode_payload) and decoded with
 //! [`codec::decode_payload`](crate::codec::decode_payload) (so through the decode guard).
 
 use serde::{Deserialize, Serialize};
@@ -26,11 +27,10 @@ pub enum SpawnArgs {
     Json(String),
 }
 
-/// Spawn a registered behaviour on the receiving node.
+/// Spawn a registered behaviour on the receiving node (the body of an [`RpcRequest`] to its
+/// spawn service; answered with an encoded `Result<u64, SpawnRefused>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
-    /// Chosen by the requester; echoed in the reply.
-    pub id: u64,
     /// The behaviour's registered name.
     pub behaviour: String,
     /// Its `init` arguments.
@@ -64,15 +64,6 @@ pub enum SpawnRefused {
     Refused(String),
 }
 
-/// The answer to a [`SpawnRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpawnReply {
-    /// The request's `id`.
-    pub id: u64,
-    /// The new process's serial on the replying node, or why there is none.
-    pub result: Result<u64, SpawnRefused>,
-}
-
 /// Longest process group name.
 pub const MAX_GROUP_NAME: usize = 255;
 
@@ -101,9 +92,9 @@ pub enum PgMessage {
 pub const MAX_RPC_BODY: usize = 4 << 20;
 
 /// A request to a service of the receiving node (tag [`tag::RPC`](crate::frame::tag::RPC)):
-/// the generic request/response of control traffic (the admin API's routing, later Raft). The
-/// answer is an [`RpcReply`] (tag [`tag::RPC_REPLY`](crate::frame::tag::RPC_REPLY)) with the same
-/// `id`.
+/// the generic request/response of control traffic (the admin API's routing, Raft, cluster
+/// supervision's orders, remote spawn). The answer is an [`RpcReply`] (tag
+/// [`tag::RPC_REPLY`](crate::frame::tag::RPC_REPLY)) with the same `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RpcRequest {
     /// Chosen by the requester; echoed in the reply.
@@ -145,7 +136,6 @@ mod tests {
     #[test]
     fn spawn_messages_round_trip_and_garbage_is_an_error() {
         let req = SpawnRequest {
-            id: 7,
             behaviour: "worker".into(),
             args: SpawnArgs::Json("{\"model\":\"x\"}".into()),
             label: Some("w-1".into()),
@@ -159,10 +149,9 @@ mod tests {
             Err(SpawnRefused::Init(ExitReason::crashed("no key"))),
             Err(SpawnRefused::UnknownBehaviour("x".into())),
         ] {
-            let rep = SpawnReply { id: 1, result };
             b.clear();
-            encode_payload(&mut b, &rep).unwrap();
-            assert_eq!(decode_payload::<SpawnReply>(&b), Ok(rep));
+            encode_payload(&mut b, &result).unwrap();
+            assert_eq!(decode_payload::<Result<u64, SpawnRefused>>(&b), Ok(result));
         }
         assert!(decode_payload::<SpawnRequest>(&[0xFF, 0xFF, 0xFF]).is_err());
     }

@@ -28,7 +28,7 @@
 //! | range | use |
 //! |---|---|
 //! | `0x01..=0x0B` | process traffic ([`Head`] variants) |
-//! | `0x20..=0x7F` | reserved for control traffic of later layers (spawn, groups, gossip, Raft): decoded as [`Head::Control`] with the raw body, routed by the node |
+//! | `0x20..=0x7F` | reserved for control traffic of later layers (gossip, groups, RPC: admin, Raft, spawn ...): decoded as [`Head::Control`] with the raw body, routed by the node |
 //! | anything else | [`DecodeError::UnknownTag`] |
 
 use serde::{Deserialize, Serialize};
@@ -295,10 +295,8 @@ pub mod tag {
     pub const CONTROL_LAST: u8 = 0x7F;
     /// Control: a gossip message (membership), body = a chitchat message.
     pub const GOSSIP: u8 = 0x20;
-    /// Control: a remote spawn request, body = [`SpawnRequest`](crate::control::SpawnRequest).
-    pub const SPAWN: u8 = 0x21;
-    /// Control: a remote spawn reply, body = [`SpawnReply`](crate::control::SpawnReply).
-    pub const SPAWN_REPLY: u8 = 0x22;
+    // 0x21 and 0x22 were remote spawn's own request and reply; spawn is a service of `RPC` now.
+    // Not reused, so that a frame of an older node is never read as something else.
     /// Control: process-group replication, body = [`PgMessage`](crate::control::PgMessage).
     pub const PG: u8 = 0x23;
     /// Control: a request to a service of the receiving node (`control::RpcRequest`).

@@ -22,7 +22,8 @@
 //!   exit and down, and tags reserved for later control traffic; with the codec's [`frame::Limits`].
 //! * [`codec`] — frames to bytes and back (bincode 2, only here), with clear errors for
 //!   malformed, truncated, oversized or unknown frames.
-//! * [`control`] — bodies of control frames: remote spawn requests and replies.
+//! * [`control`] — bodies of control frames: process groups, RPC requests and replies, and the
+//!   remote-spawn service's request and answer.
 #![deny(missing_docs)]
 
 pub mod codec;

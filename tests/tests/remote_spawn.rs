@@ -1,11 +1,14 @@
 //! Remote spawn over real QUIC + mTLS on loopback: behaviours registered by name, spawned on
 //! another node with typed or JSON arguments, linked before `init`, and clear errors.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use soma::control::SpawnRefused;
 use soma::dist::spawn::{RemoteSpawnError, RemoteSpawnOpts};
 use soma::{Behaviour, Context, Error};
 use soma_tests::cluster::{mesh, TestCa};
+use soma_tests::relay::Relay;
 use soma_tests::*;
 
 /// A worker pinned to a model.
@@ -113,6 +116,35 @@ async fn remote_spawn_errors_are_clear() {
     assert_eq!(
         within("spawn on unknown", a.spawn_on::<Worker>("c", &args, Default::default())).await,
         Err(RemoteSpawnError::NoConnection("c".into()))
+    );
+    assert_eq!(b.dist_stats().expect("stats").protocol_errors, 0);
+}
+
+/// A spawn the node does not answer times out; one waiting when the connection is lost fails at
+/// once with `NoConnection`, long before its own timeout (G3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_an_unanswered_spawn_times_out_and_one_waiting_on_a_lost_connection_fails_at_once() {
+    let ca = TestCa::new();
+    let (a, b) = (ca.node("a", 1), ca.node("b", 1));
+    b.register_behaviour::<Worker>().expect("register");
+    let relay = Relay::start(b.local_addr().expect("distributed")).await;
+    // Only a knows where b is (through the relay), so the relay carries it all.
+    a.add_peer("b", relay.addr());
+    let args = WorkerArgs { model: "x".into(), fail_init: false };
+    within("spawn through the relay", a.spawn_on::<Worker>("b", &args, Default::default())).await.expect("spawned");
+    // Silent (no close): the connection stays up until the idle timeout (1 s).
+    relay.cut();
+    let short = Duration::from_millis(100);
+    let opts = RemoteSpawnOpts { timeout: short, ..RemoteSpawnOpts::default() };
+    assert_eq!(
+        within("the short spawn", a.spawn_on::<Worker>("b", &args, opts)).await,
+        Err(RemoteSpawnError::Timeout("b".into(), short))
+    );
+    // Its own timeout is a minute; `within` allows 5 s.
+    let opts = RemoteSpawnOpts { timeout: Duration::from_secs(60), ..RemoteSpawnOpts::default() };
+    assert_eq!(
+        within("the waiting spawn failing", a.spawn_on::<Worker>("b", &args, opts)).await,
+        Err(RemoteSpawnError::NoConnection("b".into()))
     );
     assert_eq!(b.dist_stats().expect("stats").protocol_errors, 0);
 }

@@ -272,6 +272,7 @@ impl Dist {
             started: Instant::now(),
             closing: AtomicBool::new(false),
         });
+        dist.install_spawn_service();
         let d = Arc::clone(&dist);
         node.rt.spawn(async move { d.accept_loop().await });
         Ok(dist)
@@ -303,8 +304,6 @@ impl Dist {
     /// A control frame from a peer: to its handler, or counted as ignored.
     pub(crate) fn on_control(self: &Arc<Self>, from: NodeId, addr: SocketAddr, tag: u8, body: &[u8]) {
         match tag {
-            cluster_proto::frame::tag::SPAWN => return self.serve_spawn(from, body),
-            cluster_proto::frame::tag::SPAWN_REPLY => return self.complete_spawn(from, body),
             cluster_proto::frame::tag::RPC => return self.serve_rpc(from, body),
             cluster_proto::frame::tag::RPC_REPLY => return self.complete_rpc(from, body),
             cluster_proto::frame::tag::PG => {
@@ -731,7 +730,6 @@ impl Dist {
     }
 
     fn end_session(&self, session: &Arc<Session>) {
-        self.spawns.peer_lost(&session.peer);
         self.rpcs.peer_lost(&session.peer);
         if let Some(remote) = session.remote.get() {
             let mut by = self.by_node.write();

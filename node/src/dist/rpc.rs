@@ -1,5 +1,9 @@
 //! Request/response between nodes over control frames: the generic RPC that services of a node
-//! (the admin API's routing now; Raft later) answer for their peers.
+//! answer for their peers. Services by number, each a documented const beside its service:
+//! admin = 1 ([`ADMIN_SERVICE`](crate::admin::ADMIN_SERVICE)), Raft = 2
+//! ([`RAFT_SERVICE`](crate::raft::network::RAFT_SERVICE)), cluster supervision's children = 3
+//! ([`CHILDREN_SERVICE`](crate::csup::CHILDREN_SERVICE)), remote spawn = 4
+//! ([`SPAWN_SERVICE`](super::spawn::SPAWN_SERVICE), installed by every distributed node).
 //!
 //! A node asks service `service` of peer `node` with [`Dist::rpc`]: an [`RpcRequest`] (tag
 //! `RPC`) on the control lane; the peer looks the service up, serves it **on its own task**

@@ -1,49 +1,55 @@
 //! Remote spawn: behaviours registered by name on each node, spawned on a chosen node by
-//! request (the [`SpawnRequest`] / [`SpawnReply`] control frames).
+//! request — the RPC service [`SPAWN_SERVICE`] of the generic node-to-node RPC
+//! ([`rpc`](super::rpc)).
 //!
 //! A node serves a request by looking the behaviour up in its registry, decoding the arguments
 //! into the behaviour's `Args` (bincode from typed code, JSON from the CLI and the admin API),
 //! and spawning it; with `link`, the new process is linked to the requesting process *before*
 //! its `init` runs, so a crash in `init` reaches the requester as an exit signal (as
-//! `spawn_link` does in Erlang). Serving runs on its own task, never on the connection's reader,
-//! and at most [`MAX_SERVING`] requests are served at once (more are refused).
+//! `spawn_link` does in Erlang).
 //!
-//! The requester waits for the reply with a timeout; if the connection to the node is lost
-//! meanwhile, the wait fails at once with `NoConnection`. Monitoring a remotely spawned process
-//! is done by the requester when the reply arrives: if the process died in between, the monitor
-//! fires `Down` with `noproc` (not with its exit reason) — the one difference from Erlang's
-//! atomic `spawn_monitor`.
+//! On the wire, the request body is an encoded [`SpawnRequest`] and the answer an encoded
+//! `Result<u64, SpawnRefused>`: the new process's serial on the incarnation that answered
+//! (which the RPC layer names, so the returned PID is that incarnation's). Everything else is
+//! the RPC layer's: serving on its own task (at most [`MAX_SERVING`] requests of all services
+//! at once, more are refused), the bound on requests waiting for replies ([`MAX_PENDING`]), the
+//! timeout, a wait failing at once with `NoConnection` when the connection to the node is lost,
+//! and only the node asked answering.
+//!
+//! Monitoring a remotely spawned process is done by the requester when the reply arrives: if
+//! the process died in between, the monitor fires `Down` with `noproc` (not with its exit
+//! reason) — the one difference from Erlang's atomic `spawn_monitor`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cluster_proto::codec::{decode_payload, encode_payload};
-use cluster_proto::control::{SpawnArgs, SpawnRefused, SpawnReply, SpawnRequest, MAX_BEHAVIOUR_NAME, MAX_LABEL};
-use cluster_proto::frame::tag;
+use cluster_proto::control::{RpcRefused, SpawnArgs, SpawnRefused, SpawnRequest, MAX_BEHAVIOUR_NAME, MAX_LABEL};
 use cluster_proto::{NodeId, Pid};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
+use super::rpc::{RpcError, RpcFuture, RpcService};
 use super::Dist;
 use crate::process::behaviour::Behaviour;
 use crate::process::node::{NodeShared, SpawnError, SpawnOpts};
 
-/// Most spawn requests served at once by a node (G8).
-pub const MAX_SERVING: usize = 1024;
-/// Most spawn requests from a node waiting for replies (G8).
-pub const MAX_PENDING: usize = 4096;
+/// The RPC service number of remote spawn (next to admin = 1, Raft = 2, children = 3).
+pub const SPAWN_SERVICE: u16 = 4;
+/// Most spawn requests from a node waiting for replies: the RPC layer's bound, shared with its
+/// other services (G8).
+pub use super::rpc::MAX_PENDING;
+/// Most spawn requests served at once by a node: the RPC layer's bound, shared with its other
+/// services (G8).
+pub use super::rpc::MAX_SERVING;
 /// Most registered behaviours.
 pub const MAX_BEHAVIOURS: usize = 4096;
 
 /// Spawns one registered behaviour from encoded arguments, optionally linked to `link`.
 type Spawner =
     Arc<dyn Fn(&Arc<NodeShared>, &SpawnArgs, Option<String>, Option<Pid>) -> Result<Pid, SpawnRefused> + Send + Sync>;
-
-/// Where a spawn's answer goes: the answering incarnation and the result.
-type AnswerTx = oneshot::Sender<(NodeId, Result<u64, SpawnRefused>)>;
 
 /// Why a behaviour could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +71,7 @@ pub enum RegisterError {
 /// Why a remote spawn failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteSpawnError {
-    /// The remote node refused (unknown behaviour, bad arguments, init failed ...).
+    /// The remote node refused (unknown behaviour, bad arguments, init failed, too busy ...).
     #[error(transparent)]
     Refused(#[from] SpawnRefused),
     /// The node is unreachable, or its connection was lost before it answered.
@@ -74,15 +80,36 @@ pub enum RemoteSpawnError {
     /// No answer in time.
     #[error("no answer from {0} within {1:?}")]
     Timeout(String, Duration),
-    /// Too many spawn requests are waiting for replies.
+    /// Too many requests to other nodes (spawns and other RPCs) are waiting for replies.
     #[error("too many remote spawns in progress")]
     Busy,
-    /// The arguments could not be encoded, or the request is malformed (name or label length).
+    /// The arguments could not be encoded, or the request is malformed (name or label length,
+    /// larger than an RPC body may be).
     #[error("bad spawn request: {0}")]
     BadRequest(String),
     /// This node is not distributed.
     #[error("remote spawn needs a distributed node")]
     NotDistributed,
+}
+
+impl From<RpcError> for RemoteSpawnError {
+    /// The RPC layer's failure as the spawn's: a refusal of the RPC itself (the node is busy,
+    /// serves no spawns, or failed to answer) is the remote node refusing the spawn.
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::NoConnection(node) => RemoteSpawnError::NoConnection(node),
+            RpcError::Timeout(node, t) => RemoteSpawnError::Timeout(node, t),
+            RpcError::Busy => RemoteSpawnError::Busy,
+            RpcError::BadRequest(why) => RemoteSpawnError::BadRequest(why),
+            RpcError::Refused(RpcRefused::Busy(n)) => {
+                SpawnRefused::Refused(format!("more than {n} requests in progress")).into()
+            }
+            RpcError::Refused(RpcRefused::UnknownService(_)) => {
+                SpawnRefused::Refused("the node does not serve remote spawns".into()).into()
+            }
+            RpcError::Refused(RpcRefused::Failed(why)) => SpawnRefused::Refused(why).into(),
+        }
+    }
 }
 
 /// Options of a remote spawn.
@@ -103,14 +130,10 @@ impl Default for RemoteSpawnOpts {
     }
 }
 
-/// The registry and the requests in flight (one per node).
+/// The behaviour registry (one per node).
 #[derive(Default)]
 pub(crate) struct Spawns {
     registry: RwLock<FxHashMap<String, Spawner>>,
-    /// Request id → (the node asked, where its answer goes).
-    pending: Mutex<FxHashMap<u64, (Arc<str>, AnswerTx)>>,
-    next: AtomicU64,
-    serving: Arc<AtomicUsize>,
 }
 
 impl Spawns {
@@ -172,14 +195,30 @@ impl Spawns {
             None => Err(SpawnRefused::UnknownBehaviour(behaviour.to_owned())),
         }
     }
+}
 
-    /// Fails every request waiting on `peer` (its connection is gone).
-    pub(crate) fn peer_lost(&self, peer: &str) {
-        self.pending.lock().retain(|_, (p, _)| &**p != peer);
+/// The spawn service of a node (weak: the node's RPC services belong to its [`Dist`]).
+struct Service(Weak<Dist>);
+
+impl RpcService for Service {
+    fn serve(&self, from: NodeId, body: Vec<u8>) -> RpcFuture {
+        let d = self.0.clone();
+        Box::pin(async move {
+            let d = d.upgrade().ok_or("the node is shutting down")?;
+            let result = d.serve_spawn(from, &body)?;
+            let mut answer = Vec::new();
+            encode_payload(&mut answer, &result).map_err(|e| format!("spawn answer not encodable: {e}"))?;
+            Ok(answer)
+        })
     }
 }
 
 impl Dist {
+    /// Serves remote spawns for peers (RPC service [`SPAWN_SERVICE`]).
+    pub(super) fn install_spawn_service(self: &Arc<Self>) {
+        self.set_rpc_service(SPAWN_SERVICE, Arc::new(Service(Arc::downgrade(self))));
+    }
+
     /// Asks node `node` to spawn `behaviour`.
     pub(crate) async fn spawn_remote(
         self: &Arc<Self>,
@@ -194,9 +233,7 @@ impl Dist {
         if opts.label.as_ref().is_some_and(|l| l.len() > MAX_LABEL) {
             return Err(RemoteSpawnError::BadRequest(format!("label longer than {MAX_LABEL} bytes")));
         }
-        let id = self.spawns.next.fetch_add(1, Ordering::Relaxed);
         let req = SpawnRequest {
-            id,
             behaviour: behaviour.to_owned(),
             args,
             label: opts.label.clone(),
@@ -204,84 +241,69 @@ impl Dist {
         };
         let mut body = Vec::new();
         encode_payload(&mut body, &req).map_err(|e| RemoteSpawnError::BadRequest(e.to_string()))?;
-        let rx = {
-            let mut p = self.spawns.pending.lock();
-            if p.len() >= MAX_PENDING {
-                return Err(RemoteSpawnError::Busy);
+        let (remote, answer) = self.rpc(node, SPAWN_SERVICE, body, opts.timeout).await?;
+        match decode_payload::<Result<u64, SpawnRefused>>(&answer) {
+            Ok(result) => Ok(Pid::new(remote, result?)),
+            Err(e) => {
+                self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %remote, error = %e, "a spawn answer that does not decode");
+                Err(SpawnRefused::Refused(format!("{node}'s answer does not decode: {e}")).into())
             }
-            let (tx, rx) = oneshot::channel();
-            p.insert(id, (Arc::from(node), tx));
-            rx
-        };
-        if self.send_control(node, tag::SPAWN, &body).is_err() {
-            self.spawns.pending.lock().remove(&id);
-            return Err(RemoteSpawnError::NoConnection(node.to_owned()));
-        }
-        let answer = tokio::time::timeout(opts.timeout, rx).await;
-        self.spawns.pending.lock().remove(&id);
-        match answer {
-            Ok(Ok((remote, Ok(serial)))) => Ok(Pid::new(remote, serial)),
-            Ok(Ok((_, Err(refused)))) => Err(refused.into()),
-            Ok(Err(_)) => Err(RemoteSpawnError::NoConnection(node.to_owned())),
-            Err(_) => Err(RemoteSpawnError::Timeout(node.to_owned(), opts.timeout)),
         }
     }
 
-    /// A spawn request from `from`: served on its own task.
-    pub(crate) fn serve_spawn(self: &Arc<Self>, from: NodeId, body: &[u8]) {
+    /// A spawn request from `from` (on the RPC layer's serving task): the new process's serial,
+    /// or why there is none; `Err` if the request does not decode.
+    fn serve_spawn(&self, from: NodeId, body: &[u8]) -> Result<Result<u64, SpawnRefused>, String> {
         let req = match decode_payload::<SpawnRequest>(body) {
             Ok(r) => r,
             Err(e) => {
                 self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                return tracing::warn!(peer = %from, error = %e, "dropped a spawn request that does not decode");
+                tracing::warn!(peer = %from, error = %e, "refused a spawn request that does not decode");
+                return Err(format!("spawn request does not decode: {e}"));
             }
         };
-        let serving = Arc::clone(&self.spawns.serving);
-        if serving.fetch_add(1, Ordering::AcqRel) >= MAX_SERVING {
-            serving.fetch_sub(1, Ordering::AcqRel);
-            let busy = Err(SpawnRefused::Refused(format!("more than {MAX_SERVING} spawns in progress")));
-            return self.reply_spawn(from, SpawnReply { id: req.id, result: busy });
+        let Some(node) = self.node.upgrade() else {
+            return Ok(Err(SpawnRefused::Refused("the node is shutting down".into())));
+        };
+        let link = req.link.map(|s| Pid::new(from, s));
+        let result = self.spawns.spawn_here(&node, &req.behaviour, &req.args, req.label, link);
+        match &result {
+            Ok(pid) => tracing::info!(peer = %from, behaviour = %req.behaviour, pid = %pid, "spawned for a peer"),
+            Err(e) => tracing::info!(peer = %from, behaviour = %req.behaviour, error = %e, "refused a spawn"),
         }
-        let Some(node) = self.node.upgrade() else { return };
-        let d = Arc::clone(self);
-        let rt = node.rt.clone();
-        rt.spawn(async move {
-            let link = req.link.map(|s| Pid::new(from, s));
-            let result = d.spawns.spawn_here(&node, &req.behaviour, &req.args, req.label, link);
-            match &result {
-                Ok(serial_pid) => {
-                    tracing::info!(peer = %from, behaviour = %req.behaviour, pid = %serial_pid, "spawned for a peer")
-                }
-                Err(e) => tracing::info!(peer = %from, behaviour = %req.behaviour, error = %e, "refused a spawn"),
-            }
-            d.reply_spawn(from, SpawnReply { id: req.id, result: result.map(Pid::serial) });
-            serving.fetch_sub(1, Ordering::AcqRel);
-        });
+        Ok(result.map(Pid::serial))
     }
+}
 
-    fn reply_spawn(&self, to: NodeId, reply: SpawnReply) {
-        let mut body = Vec::new();
-        if let Err(e) = encode_payload(&mut body, &reply) {
-            return tracing::warn!(error = %e, "spawn reply not encodable");
-        }
-        // The reply goes to the incarnation that asked; if it is gone, so is its request.
-        let Some(s) = self.session_of(to) else { return };
-        let _ = s.control(tag::SPAWN_REPLY, &body);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// A spawn reply from a peer.
-    pub(crate) fn complete_spawn(&self, from: NodeId, body: &[u8]) {
-        match decode_payload::<SpawnReply>(body) {
-            Ok(rep) => {
-                let waiting = self.spawns.pending.lock().remove(&rep.id);
-                if let Some((_, tx)) = waiting {
-                    let _ = tx.send((from, rep.result));
-                }
-            }
-            Err(e) => {
-                self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %from, error = %e, "dropped a spawn reply that does not decode");
-            }
+    #[test]
+    fn rpc_failures_map_to_the_spawn_errors_they_always_were() {
+        let t = Duration::from_millis(7);
+        let cases = [
+            (RpcError::NoConnection("b".into()), RemoteSpawnError::NoConnection("b".into())),
+            (RpcError::Timeout("b".into(), t), RemoteSpawnError::Timeout("b".into(), t)),
+            (RpcError::Busy, RemoteSpawnError::Busy),
+            (RpcError::BadRequest("big".into()), RemoteSpawnError::BadRequest("big".into())),
+            // The node asked refused the spawn: too busy, no spawn service, a failed answer.
+            (
+                RpcError::Refused(RpcRefused::Busy(1024)),
+                RemoteSpawnError::Refused(SpawnRefused::Refused("more than 1024 requests in progress".into())),
+            ),
+            (
+                RpcError::Refused(RpcRefused::UnknownService(SPAWN_SERVICE)),
+                RemoteSpawnError::Refused(SpawnRefused::Refused("the node does not serve remote spawns".into())),
+            ),
+            (
+                RpcError::Refused(RpcRefused::Failed("no decode".into())),
+                RemoteSpawnError::Refused(SpawnRefused::Refused("no decode".into())),
+            ),
+        ];
+        for (rpc, spawn) in cases {
+            assert_eq!(RemoteSpawnError::from(rpc), spawn);
         }
     }
 }
