@@ -13,13 +13,16 @@
 //!   was applied: starts children on nodes (then proposes `Running`, and monitors the child
 //!   from a watcher process), stops incarnations. A child's `Down` becomes an `Exited`
 //!   proposal; a lost node is seen by `plan` through the view. On becoming leader it
-//!   reconciles with every node (stale and orphaned incarnations stopped, missing ones
-//!   restarted); and whenever a node comes up, and for every node every [`SWEEP_EVERY`], it
-//!   lists what the node runs and stops what was replaced meanwhile (a node back from a
-//!   partition, whose stop orders timed out; a membership event the loop missed). The lists run
-//!   on tasks of their own and come back as events, so a silent node never holds up the loop.
+//!   reconciles with every node (stale and orphaned incarnations stopped, unreported starts
+//!   confirmed, missing ones restarted), each as its answer arrives; until a node has answered,
+//!   `plan` places nothing new on it, so what it runs is known before it gets more, and a node
+//!   that died with the old leader holds up neither the others nor the restarts. Whenever a
+//!   node comes up, and for every node every [`SWEEP_EVERY`], it lists what the node runs and
+//!   stops what was replaced meanwhile (a node back from a partition, whose stop orders timed
+//!   out; a membership event the loop missed). The lists run on tasks of their own and come
+//!   back as events, so a silent node never holds up the loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +46,23 @@ use crate::{Behaviour, Context, Down, Error, Node, SpawnOpts};
 pub const CHILDREN_SERVICE: u16 = 3;
 /// How often the supervisor loop runs a round when nothing wakes it.
 pub const ROUND: Duration = Duration::from_millis(100);
-/// Timeout of one order to a node.
+/// Default timeout of one order to a node ([`CsupConfig::order_timeout`]).
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tunables of a [`ClusterSupervisor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsupConfig {
+    /// How long an order to a node (start, stop, list) waits for its answer; a node that
+    /// loses its connection fails its orders at once.
+    pub order_timeout: Duration,
+}
+
+impl Default for CsupConfig {
+    /// Orders time out after [`ORDER_TIMEOUT`].
+    fn default() -> Self {
+        CsupConfig { order_timeout: ORDER_TIMEOUT }
+    }
+}
 
 /// An order to a node's children service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,15 +231,25 @@ impl RpcService for Children {
 }
 
 /// Sends an order to `node`'s children service (this node's own directly).
-async fn send_order(children: &Children, node: &str, order: Order) -> Result<OrderAnswer, String> {
-    if *children.node.id().name() == *node {
-        return Ok(children.execute(order).await);
+/// How the supervisor loop reaches the children services: this node's directly, the others'
+/// over RPC with the configured timeout.
+#[derive(Clone)]
+struct Orders {
+    children: Children,
+    timeout: Duration,
+}
+
+impl Orders {
+    async fn send(&self, node: &str, order: Order) -> Result<OrderAnswer, String> {
+        if *self.children.node.id().name() == *node {
+            return Ok(self.children.execute(order).await);
+        }
+        let d = self.children.node.dist().cloned().ok_or("not distributed")?;
+        let mut body = Vec::new();
+        encode_payload(&mut body, &order).map_err(|e| e.to_string())?;
+        let (_, answer) = d.rpc(node, CHILDREN_SERVICE, body, self.timeout).await.map_err(|e| e.to_string())?;
+        decode_payload(&answer).map_err(|e| e.to_string())
     }
-    let d = children.node.dist().cloned().ok_or("not distributed")?;
-    let mut body = Vec::new();
-    encode_payload(&mut body, &order).map_err(|e| e.to_string())?;
-    let (_, answer) = d.rpc(node, CHILDREN_SERVICE, body, ORDER_TIMEOUT).await.map_err(|e| e.to_string())?;
-    decode_payload(&answer).map_err(|e| e.to_string())
 }
 
 /// What the watcher tells the supervisor loop.
@@ -246,6 +274,14 @@ enum Event {
         node: String,
         reports: Vec<Report>,
     },
+    /// What a node answered to the `List` a new leader sent it (`epoch`: which leadership of
+    /// this loop asked; answers to an earlier one are dropped). `None`: no answer (unreachable,
+    /// timed out, or a bad answer).
+    FirstListed {
+        epoch: u64,
+        node: String,
+        reports: Option<Vec<Report>>,
+    },
     /// Membership events were missed (the subscription lagged): sweep every node.
     Missed,
     Wake,
@@ -257,10 +293,30 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Lists `node`'s supervised children on a task of its own (a node that does not answer holds
 /// up nothing; the answer comes back as [`Event::Listed`]).
-fn spawn_list(children: &Children, tx: &mpsc::UnboundedSender<Event>, node: String) {
-    let (children, tx) = (children.clone(), tx.clone());
+/// A new leader's `List` to `node`, on a task of its own; the answer comes back as
+/// [`Event::FirstListed`].
+fn spawn_first_list(orders: &Orders, tx: &mpsc::UnboundedSender<Event>, epoch: u64, node: String) {
+    let (orders, tx) = (orders.clone(), tx.clone());
     tokio::spawn(async move {
-        if let Ok(OrderAnswer::Running(reports)) = send_order(&children, &node, Order::List).await {
+        let reports = match orders.send(&node, Order::List).await {
+            Ok(OrderAnswer::Running(reports)) => Some(reports),
+            Ok(other) => {
+                tracing::warn!(%node, ?other, "odd answer to a list");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%node, error = %e, "no answer to a new leader's list");
+                None
+            }
+        };
+        let _ = tx.send(Event::FirstListed { epoch, node, reports });
+    });
+}
+
+fn spawn_list(orders: &Orders, tx: &mpsc::UnboundedSender<Event>, node: String) {
+    let (orders, tx) = (orders.clone(), tx.clone());
+    tokio::spawn(async move {
+        if let Ok(OrderAnswer::Running(reports)) = orders.send(&node, Order::List).await {
             let _ = tx.send(Event::Listed { node, reports });
         }
     });
@@ -327,19 +383,30 @@ pub struct ClusterSupervisor {
 }
 
 impl ClusterSupervisor {
-    /// Starts the supervisor loop on a hot node.
+    /// Starts the supervisor loop on a hot node, with the default [`CsupConfig`].
     pub fn start(
         node: &Node,
         membership: &Membership,
         raft: &RaftNode,
         children: &Children,
     ) -> Result<ClusterSupervisor, crate::SpawnError> {
+        Self::start_with(node, membership, raft, children, CsupConfig::default())
+    }
+
+    /// Starts the supervisor loop on a hot node.
+    pub fn start_with(
+        node: &Node,
+        membership: &Membership,
+        raft: &RaftNode,
+        children: &Children,
+        config: CsupConfig,
+    ) -> Result<ClusterSupervisor, crate::SpawnError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = node.spawn::<Watcher>(tx.clone(), SpawnOpts::labeled("cluster-supervisor watcher"))?;
         let task = tokio::spawn(run(
             raft.clone(),
             membership.clone(),
-            children.clone(),
+            Orders { children: children.clone(), timeout: config.order_timeout },
             watcher.pid(),
             node.clone(),
             tx.clone(),
@@ -374,7 +441,7 @@ fn view_of(membership: &Membership) -> View {
 async fn run(
     raft: RaftNode,
     membership: Membership,
-    children: Children,
+    orders: Orders,
     watcher: Pid,
     node: Node,
     tx: mpsc::UnboundedSender<Event>,
@@ -382,6 +449,12 @@ async fn run(
 ) {
     let cfg = PlanConfig::default();
     let mut was_leader = false;
+    // Which leadership this is (answers to an earlier one's lists are dropped), and the nodes
+    // that have not answered its first list yet: until they do, `plan` places nothing new on
+    // them (as if they were leaving), so that what they run is known before they get more,
+    // while every other node is planned for at once.
+    let mut epoch: u64 = 0;
+    let mut unheard: BTreeSet<String> = BTreeSet::new();
     let mut members = membership.subscribe();
     let mut last_sweep = tokio::time::Instant::now();
     loop {
@@ -411,10 +484,37 @@ async fn run(
             // A node back from a partition may still run incarnations replaced while it was
             // away (the stop orders sent meanwhile timed out): stop them now rather than at the
             // next leader change. Only the stops: what it should run is `plan`'s to decide.
-            Some(Event::NodeUp(name)) if was_leader => spawn_list(&children, &tx, name),
+            Some(Event::NodeUp(name)) if was_leader => spawn_list(&orders, &tx, name),
             Some(Event::Missed) if was_leader => {
                 for (name, _) in view_of(&membership) {
-                    spawn_list(&children, &tx, name);
+                    spawn_list(&orders, &tx, name);
+                }
+            }
+            // The full reconcile: stops, and the commands (confirmed starts, children missing
+            // from the node). Safe only for the first list: this leadership placed nothing new
+            // on the node before its answer (see `unheard`), so a child missing from the
+            // answer was not started after the node listed what it runs.
+            Some(Event::FirstListed { epoch: e, node: name, reports }) if was_leader && e == epoch => {
+                if unheard.remove(&name) {
+                    if let Some(reports) = reports {
+                        let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
+                        for stop in r.stops {
+                            execute(&orders, &raft, &tx, stop);
+                        }
+                        proposals.extend(r.commands);
+                        // Watch what is confirmed running.
+                        for rep in &reports {
+                            if let Ok(pid) = rep.pid.parse::<Pid>() {
+                                let w = Watch {
+                                    sup: rep.sup.clone(),
+                                    child: rep.child.clone(),
+                                    generation: rep.generation,
+                                    pid,
+                                };
+                                let _ = node.send(watcher, w);
+                            }
+                        }
+                    }
                 }
             }
             // Only the stops, judged on the committed state of now: what the node should run
@@ -425,71 +525,45 @@ async fn run(
                     tracing::info!(node = %name, stops = r.stops.len(), "stopping stale incarnations");
                 }
                 for stop in r.stops {
-                    execute(&children, &raft, &tx, stop);
+                    execute(&orders, &raft, &tx, stop);
                 }
             }
-            Some(Event::NodeUp(_) | Event::Missed | Event::Listed { .. } | Event::Wake) | None => {}
+            Some(Event::NodeUp(_) | Event::Missed | Event::Listed { .. } | Event::FirstListed { .. } | Event::Wake)
+            | None => {}
         }
         if was_leader && last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = tokio::time::Instant::now();
             for (name, _) in view_of(&membership) {
-                spawn_list(&children, &tx, name);
+                spawn_list(&orders, &tx, name);
             }
         }
         if !was_leader {
             was_leader = true;
-            // A new leader reconciles with every node before acting (which also stands for
-            // the first sweep). The nodes are asked at once: one that died with the old leader
-            // (not yet seen down) answers only when its connection times out, and must not hold
-            // up the answers of the others.
+            // A new leader reconciles with every node (which also stands for the first sweep).
+            // The nodes are asked at once and answer as events: one that died with the old
+            // leader (not yet seen down) answers only when its connection ends or the order
+            // times out, and must hold up neither the others nor the planning meanwhile.
             last_sweep = tokio::time::Instant::now();
-            let mut asks = tokio::task::JoinSet::new();
+            epoch += 1;
+            unheard.clear();
             for (name, _) in view_of(&membership) {
-                let children = children.clone();
-                asks.spawn(async move {
-                    let answer = send_order(&children, &name, Order::List).await;
-                    (name, answer)
-                });
-            }
-            let mut answers = Vec::new();
-            while let Some(joined) = asks.join_next().await {
-                if let Ok(a) = joined {
-                    answers.push(a);
-                }
-            }
-            answers.sort_by(|a, b| a.0.cmp(&b.0));
-            for (name, answer) in answers {
-                if let Ok(OrderAnswer::Running(reports)) = answer {
-                    let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
-                    for stop in r.stops {
-                        execute(&children, &raft, &tx, stop);
-                    }
-                    proposals.extend(r.commands);
-                    // Watch what is confirmed running.
-                    for rep in &reports {
-                        if let Ok(pid) = rep.pid.parse::<Pid>() {
-                            let _ = node.send(
-                                watcher,
-                                Watch {
-                                    sup: rep.sup.clone(),
-                                    child: rep.child.clone(),
-                                    generation: rep.generation,
-                                    pid,
-                                },
-                            );
-                        }
-                    }
-                }
+                unheard.insert(name.clone());
+                spawn_first_list(&orders, &tx, epoch, name);
             }
         }
-        let view = view_of(&membership);
+        let mut view = view_of(&membership);
+        for name in &unheard {
+            if let Some(v) = view.get_mut(name) {
+                v.leaving = true;
+            }
+        }
         proposals.extend(raft.read(|s| plan(s, &view, now_ms(), &cfg)));
         for cmd in proposals {
             match raft.propose(cmd).await {
                 Ok(applied) => {
                     if let Ok(effects) = applied.result {
                         for e in effects {
-                            execute(&children, &raft, &tx, e);
+                            execute(&orders, &raft, &tx, e);
                         }
                     }
                 }
@@ -503,8 +577,8 @@ async fn run(
 }
 
 /// Executes one effect on its own task.
-fn execute(children: &Children, raft: &RaftNode, tx: &mpsc::UnboundedSender<Event>, e: Effect) {
-    let children = children.clone();
+fn execute(orders: &Orders, raft: &RaftNode, tx: &mpsc::UnboundedSender<Event>, e: Effect) {
+    let orders = orders.clone();
     let tx = tx.clone();
     let spec = match &e {
         Effect::Start { sup, child, .. } => raft.read(|s| s.child(sup, child).map(|c| c.spec.clone())),
@@ -521,7 +595,7 @@ fn execute(children: &Children, raft: &RaftNode, tx: &mpsc::UnboundedSender<Even
                     behaviour: spec.behaviour,
                     args: spec.args,
                 };
-                match send_order(&children, &node, order).await {
+                match orders.send(&node, order).await {
                     Ok(OrderAnswer::Started(pid)) => match pid.parse::<Pid>() {
                         Ok(pid) => {
                             let _ = tx.send(Event::Started { sup, child, generation, pid });
@@ -537,7 +611,7 @@ fn execute(children: &Children, raft: &RaftNode, tx: &mpsc::UnboundedSender<Even
                 }
             }
             Effect::Stop { node, sup, child, generation } => {
-                if let Err(e) = send_order(&children, &node, Order::Stop { sup, child, generation }).await {
+                if let Err(e) = orders.send(&node, Order::Stop { sup, child, generation }).await {
                     tracing::debug!(%node, error = %e, "stop order not delivered (reconcile will catch it)");
                 }
             }

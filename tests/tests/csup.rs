@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use soma::csup::{Children, ClusterSupervisor};
+use soma::csup::{Children, ClusterSupervisor, CsupConfig};
 use soma::dist::fault::NetFault;
 use soma::membership::{Membership, MembershipConfig, Role, Seed};
 use soma::raft::node::{RaftConfig, RaftNode};
@@ -31,15 +31,29 @@ struct Member {
 }
 
 async fn member(ca: &TestCa, name: &str, role: Role, providers: &[&str], seed: Option<&Node>) -> Member {
+    member_with(ca, name, role, providers, seed, |_, _| {}).await
+}
+
+/// [`member`], with its dist and membership configurations adjusted by `tweak`.
+async fn member_with(
+    ca: &TestCa,
+    name: &str,
+    role: Role,
+    providers: &[&str],
+    seed: Option<&Node>,
+    tweak: impl FnOnce(&mut soma::DistConfig, &mut MembershipConfig),
+) -> Member {
     let fault = NetFault::new();
-    let node = ca.node_with(name, 1, soma::DistConfig { fault: Some(Arc::clone(&fault)), ..ca.config(name) });
-    soma::demo::register(&node).expect("demo behaviours");
-    let cfg = MembershipConfig {
+    let mut dist = soma::DistConfig { fault: Some(Arc::clone(&fault)), ..ca.config(name) };
+    let mut cfg = MembershipConfig {
         role,
         providers: providers.iter().map(|p| p.to_string()).collect(),
         seeds: seed.map(|s| vec![seed_of(s)]).unwrap_or_default(),
         ..MembershipConfig::default()
     };
+    tweak(&mut dist, &mut cfg);
+    let node = ca.node_with(name, 1, dist);
+    soma::demo::register(&node).expect("demo behaviours");
     let membership = within("join", Membership::join(&node, cfg)).await.expect("join");
     let children = Children::install(&node);
     Member { node, membership, children, fault }
@@ -216,6 +230,55 @@ async fn g6_a_node_back_from_a_partition_has_its_stale_incarnation_stopped() {
     assert_eq!(running_on(&raft).map(|(_, _, p)| p), Some(pid2));
     assert_eq!(cut.children.running().len() + other.children.running().len(), 1, "exactly one incarnation");
     assert_eq!(cut.children.refused() + other.children.refused(), 0, "no stale start was accepted");
+    raft.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Long enough that nothing in a test outlasts it: a connection gone silent stays up, an
+/// order to a silent node stays unanswered, and a silent node is never declared down.
+const FOREVER: Duration = Duration::from_secs(600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_a_new_leader_places_children_while_a_node_it_asked_does_not_answer() {
+    // A node that went silent with the old leader, and is not seen down yet: its connection
+    // stays up and the new leader's list to it stays unanswered for the whole test.
+    let patient = |dist: &mut soma::DistConfig, m: &mut MembershipConfig| {
+        dist.idle_timeout = FOREVER;
+        m.phi_threshold = 1e12;
+    };
+    let ca = TestCa::new();
+    let hot = member_with(&ca, "hot-1", Role::Hot, &[], None, patient).await;
+    let cold_a = member_with(&ca, "cold-a", Role::Cold, &["openai"], Some(&hot.node), patient).await;
+    let cold_b = member_with(&ca, "cold-b", Role::Cold, &["openai"], Some(&hot.node), patient).await;
+    until("membership converged", || hot.membership.len() == 3).await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-unheard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
+    until("a leader", || raft.is_leader()).await;
+
+    cold_b.fault.cut();
+    let config = CsupConfig { order_timeout: FOREVER };
+    let sup = ClusterSupervisor::start_with(&hot.node, &hot.membership, &raft, &hot.children, config).expect("sup");
+    sup.propose(Command::CreateSupervisor(SupSpec {
+        name: "agents".into(),
+        strategy: Strategy::OneForOne,
+        intensity: Intensity::new(10, 10_000),
+    }))
+    .await
+    .expect("create");
+    sup.propose(Command::AddChild { sup: "agents".into(), spec: cold_child("w1", "demo.counter", "7", &["openai"]) })
+        .await
+        .expect("add");
+    // Planning did not wait for cold-b's answer (it never comes), and placed nothing there.
+    until("w1 running", || running_on(&raft).is_some()).await;
+    let (node1, _, pid1) = running_on(&raft).expect("running");
+    assert_eq!(node1, "cold-a", "nothing is placed on a node that has not answered the new leader");
+    assert!(cold_a.node.is_alive(pid1));
+    assert!(hot.membership.members().iter().any(|m| m.name == "cold-b"), "cold-b is still in the view");
+    assert!(cold_b.children.running().is_empty());
+
+    cold_b.fault.heal();
+    sup.stop();
     raft.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
