@@ -14,15 +14,17 @@
 //!   from a watcher process), stops incarnations. A child's `Down` becomes an `Exited`
 //!   proposal; a lost node is seen by `plan` through the view. On becoming leader it
 //!   reconciles with every node (stale and orphaned incarnations stopped, unreported starts
-//!   confirmed, missing ones restarted), each as its answer arrives; until a node has answered,
-//!   `plan` places nothing new on it, so what it runs is known before it gets more, and a node
-//!   that died with the old leader holds up neither the others nor the restarts. Whenever a
+//!   confirmed, missing ones restarted), each as its answer arrives; until a node has answered
+//!   (or the order timeout has passed), it is *settling* for `plan`: a child whose placement
+//!   falls on it waits, and starts it confirms for an earlier leadership are held back, so
+//!   what it runs is known before it gets more. A node that died with the old leader holds up
+//!   only the children that would go to it. Whenever a
 //!   node comes up, and for every node every [`SWEEP_EVERY`], it lists what the node runs and
 //!   stops what was replaced meanwhile (a node back from a partition, whose stop orders timed
 //!   out; a membership event the loop missed). The lists run on tasks of their own and come
 //!   back as events, so a silent node never holds up the loop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -450,11 +452,11 @@ async fn run(
     let cfg = PlanConfig::default();
     let mut was_leader = false;
     // Which leadership this is (answers to an earlier one's lists are dropped), and the nodes
-    // that have not answered its first list yet: until they do, `plan` places nothing new on
-    // them (as if they were leaving), so that what they run is known before they get more,
-    // while every other node is planned for at once.
+    // that have not answered its first list yet: until they do, they are settling for `plan`
+    // (nothing new is placed on them) and their confirmed starts are held back, so that what
+    // they run is known before they get more, while every other node is planned for at once.
     let mut epoch: u64 = 0;
-    let mut unheard: BTreeSet<String> = BTreeSet::new();
+    let mut unheard = Unheard::default();
     let mut members = membership.subscribe();
     let mut last_sweep = tokio::time::Instant::now();
     loop {
@@ -477,14 +479,27 @@ async fn run(
             Some(Event::Exited { sup, child, generation, cause }) => {
                 proposals.push(Command::Exited { sup, child, generation, cause, at_ms: now_ms() });
             }
+            // A start on a node that has not answered this leadership's first list yet (an
+            // order of an earlier leadership, still in flight) waits for that answer: the
+            // answer may have been taken before the start, and reconcile would then find the
+            // child `Running` but missing, and restart a healthy child.
+            Some(Event::Started { sup, child, generation, pid }) if unheard.holds(&pid) => {
+                unheard.defer(Started { sup, child, generation, pid });
+            }
             Some(Event::Started { sup, child, generation, pid }) => {
-                let _ = node.send(watcher, Watch { sup: sup.clone(), child: child.clone(), generation, pid });
-                proposals.push(Command::Running { sup, child, generation, pid: pid.to_string() });
+                started(&node, watcher, &mut proposals, Started { sup, child, generation, pid });
             }
             // A node back from a partition may still run incarnations replaced while it was
             // away (the stop orders sent meanwhile timed out): stop them now rather than at the
             // next leader change. Only the stops: what it should run is `plan`'s to decide.
-            Some(Event::NodeUp(name)) if was_leader => spawn_list(&orders, &tx, name),
+            Some(Event::NodeUp(name)) if was_leader => {
+                // A node back under the same name while unheard: ask the new incarnation.
+                if unheard.idle(&name) {
+                    unheard.asking(&name);
+                    spawn_first_list(&orders, &tx, epoch, name.clone());
+                }
+                spawn_list(&orders, &tx, name)
+            }
             Some(Event::Missed) if was_leader => {
                 for (name, _) in view_of(&membership) {
                     spawn_list(&orders, &tx, name);
@@ -492,11 +507,12 @@ async fn run(
             }
             // The full reconcile: stops, and the commands (confirmed starts, children missing
             // from the node). Safe only for the first list: this leadership placed nothing new
-            // on the node before its answer (see `unheard`), so a child missing from the
-            // answer was not started after the node listed what it runs.
+            // on the node before its answer, and held back the starts it confirmed for an
+            // earlier one (see `Unheard`), so a child missing from the answer was not started
+            // after the node listed what it runs.
             Some(Event::FirstListed { epoch: e, node: name, reports }) if was_leader && e == epoch => {
-                if unheard.remove(&name) {
-                    if let Some(reports) = reports {
+                match reports {
+                    Some(reports) if unheard.contains(&name) => {
                         let r = raft.read(|s| reconcile(s, &name, &reports, now_ms()));
                         for stop in r.stops {
                             execute(&orders, &raft, &tx, stop);
@@ -514,7 +530,14 @@ async fn run(
                                 let _ = node.send(watcher, w);
                             }
                         }
+                        for s in unheard.heard(&name) {
+                            started(&node, watcher, &mut proposals, s);
+                        }
                     }
+                    Some(_) => {}
+                    // Asked again on the next sweep (or when it comes up again), for as long
+                    // as the settling window lasts.
+                    None => unheard.failed(&name),
                 }
             }
             // Only the stops, judged on the committed state of now: what the node should run
@@ -534,7 +557,19 @@ async fn run(
         if was_leader && last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = tokio::time::Instant::now();
             for (name, _) in view_of(&membership) {
+                if unheard.idle(&name) {
+                    unheard.asking(&name);
+                    spawn_first_list(&orders, &tx, epoch, name.clone());
+                }
                 spawn_list(&orders, &tx, name);
+            }
+        }
+        // A node that has not answered within the order timeout is not waited for any more
+        // (as a node that never answers must not hold its children's placements forever).
+        if let Some(expired) = unheard.expire(orders.timeout) {
+            tracing::warn!(nodes = ?expired.nodes, "no answer to the new leader's list; placing without it");
+            for s in expired.started {
+                started(&node, watcher, &mut proposals, s);
             }
         }
         if !was_leader {
@@ -545,17 +580,15 @@ async fn run(
             // times out, and must hold up neither the others nor the planning meanwhile.
             last_sweep = tokio::time::Instant::now();
             epoch += 1;
-            unheard.clear();
-            for (name, _) in view_of(&membership) {
-                unheard.insert(name.clone());
+            let names: Vec<String> = view_of(&membership).into_keys().collect();
+            unheard.restart(&names);
+            for name in names {
                 spawn_first_list(&orders, &tx, epoch, name);
             }
         }
         let mut view = view_of(&membership);
-        for name in &unheard {
-            if let Some(v) = view.get_mut(name) {
-                v.leaving = true;
-            }
+        for (name, v) in view.iter_mut() {
+            v.settling = unheard.contains(name);
         }
         proposals.extend(raft.read(|s| plan(s, &view, now_ms(), &cfg)));
         for cmd in proposals {
@@ -573,6 +606,100 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// A child's start, as a node confirmed it.
+struct Started {
+    sup: String,
+    child: String,
+    generation: u64,
+    pid: Pid,
+}
+
+/// Watches a started child and proposes it running.
+fn started(node: &Node, watcher: Pid, proposals: &mut Vec<Command>, s: Started) {
+    let _ =
+        node.send(watcher, Watch { sup: s.sup.clone(), child: s.child.clone(), generation: s.generation, pid: s.pid });
+    proposals.push(Command::Running { sup: s.sup, child: s.child, generation: s.generation, pid: s.pid.to_string() });
+}
+
+/// Most confirmed starts held back for nodes that have not answered (G8); more are handled at
+/// once (at worst, one healthy child restarted).
+const MAX_DEFERRED: usize = 16 * 1024;
+
+/// The nodes a new leader has not heard from yet: asked to list what they run, not answered.
+/// Until they answer (or the settling window — the order timeout — ends), `plan` sees them as
+/// settling and confirmed starts on them are held back (see the supervisor loop).
+#[derive(Default)]
+struct Unheard {
+    /// Node → whether a list to it is in flight.
+    nodes: BTreeMap<String, bool>,
+    since: Option<tokio::time::Instant>,
+    deferred: Vec<Started>,
+}
+
+/// What an ended settling window leaves: the nodes never heard, the starts held for them.
+struct Expired {
+    nodes: Vec<String>,
+    started: Vec<Started>,
+}
+
+impl Unheard {
+    /// A new leadership: every node in `names` is unheard (and being asked). Starts held for
+    /// a node stay held until it answers this leadership (or the window ends).
+    fn restart(&mut self, names: &[String]) {
+        self.nodes = names.iter().map(|n| (n.clone(), true)).collect();
+        self.since = Some(tokio::time::Instant::now());
+    }
+
+    fn contains(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
+    }
+
+    /// Unheard, and no list to it in flight (the last one failed).
+    fn idle(&self, node: &str) -> bool {
+        self.nodes.get(node) == Some(&false)
+    }
+
+    fn asking(&mut self, node: &str) {
+        if let Some(a) = self.nodes.get_mut(node) {
+            *a = true;
+        }
+    }
+
+    fn failed(&mut self, node: &str) {
+        if let Some(a) = self.nodes.get_mut(node) {
+            *a = false;
+        }
+    }
+
+    /// Whether a start confirmed by `pid`'s node must wait for that node's answer.
+    fn holds(&self, pid: &Pid) -> bool {
+        self.contains(&pid.node().name()) && self.deferred.len() < MAX_DEFERRED
+    }
+
+    fn defer(&mut self, s: Started) {
+        self.deferred.push(s);
+    }
+
+    /// `node` answered: no longer unheard; the starts held for it.
+    fn heard(&mut self, node: &str) -> Vec<Started> {
+        self.nodes.remove(node);
+        let (mine, rest) = std::mem::take(&mut self.deferred).into_iter().partition(|s| *s.pid.node().name() == *node);
+        self.deferred = rest;
+        mine
+    }
+
+    /// Ends the settling window once `window` has passed since the leadership began.
+    fn expire(&mut self, window: Duration) -> Option<Expired> {
+        let since = self.since?;
+        if self.nodes.is_empty() || since.elapsed() < window {
+            return None;
+        }
+        self.since = None;
+        let nodes = std::mem::take(&mut self.nodes).into_keys().collect();
+        Some(Expired { nodes, started: std::mem::take(&mut self.deferred) })
     }
 }
 

@@ -241,7 +241,7 @@ const FOREVER: Duration = Duration::from_secs(600);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_new_leader_places_children_while_a_node_it_asked_does_not_answer() {
     // A node that went silent with the old leader, and is not seen down yet: its connection
-    // stays up and the new leader's list to it stays unanswered for the whole test.
+    // stays up and the new leader's list to it stays unanswered until the fault is healed.
     let patient = |dist: &mut soma::DistConfig, m: &mut MembershipConfig| {
         dist.idle_timeout = FOREVER;
         m.phi_threshold = 1e12;
@@ -249,7 +249,7 @@ async fn g6_a_new_leader_places_children_while_a_node_it_asked_does_not_answer()
     let ca = TestCa::new();
     let hot = member_with(&ca, "hot-1", Role::Hot, &[], None, patient).await;
     let cold_a = member_with(&ca, "cold-a", Role::Cold, &["openai"], Some(&hot.node), patient).await;
-    let cold_b = member_with(&ca, "cold-b", Role::Cold, &["openai"], Some(&hot.node), patient).await;
+    let cold_b = member_with(&ca, "cold-b", Role::Cold, &["openai", "anthropic"], Some(&hot.node), patient).await;
     until("membership converged", || hot.membership.len() == 3).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-unheard-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -266,18 +266,29 @@ async fn g6_a_new_leader_places_children_while_a_node_it_asked_does_not_answer()
     }))
     .await
     .expect("create");
-    sup.propose(Command::AddChild { sup: "agents".into(), spec: cold_child("w1", "demo.counter", "7", &["openai"]) })
-        .await
-        .expect("add");
-    // Planning did not wait for cold-b's answer (it never comes), and placed nothing there.
-    until("w1 running", || running_on(&raft).is_some()).await;
-    let (node1, _, pid1) = running_on(&raft).expect("running");
-    assert_eq!(node1, "cold-a", "nothing is placed on a node that has not answered the new leader");
+    // w2 can only go to cold-b; w1 goes to cold-a (of two equally loaded openai nodes, the
+    // first by name) whether or not cold-b answered.
+    let w2 = cold_child("w2", "demo.counter", "1", &["anthropic"]);
+    sup.propose(Command::AddChild { sup: "agents".into(), spec: w2 }).await.expect("add w2");
+    let w1 = cold_child("w1", "demo.counter", "7", &["openai"]);
+    sup.propose(Command::AddChild { sup: "agents".into(), spec: w1 }).await.expect("add w1");
+
+    // Planning did not wait for cold-b's answer (it never comes while cut) ...
+    until("w1 running", || running(&raft, "w1").is_some()).await;
+    let (node1, _, pid1) = running(&raft, "w1").expect("running");
+    assert_eq!(node1, "cold-a");
     assert!(cold_a.node.is_alive(pid1));
+    // ... and w2, considered in the same rounds, waits for cold-b, neither placed nor pending.
+    let w2_phase = raft.read(|s| s.child("agents", "w2").map(|c| c.phase.clone()));
+    assert_eq!(w2_phase, Some(Phase::Waiting), "nothing is placed on a node that has not answered");
     assert!(hot.membership.members().iter().any(|m| m.name == "cold-b"), "cold-b is still in the view");
     assert!(cold_b.children.running().is_empty());
 
+    // Healed, cold-b's answer arrives (the same connection, the same request) and w2 starts there.
     cold_b.fault.heal();
+    until("w2 running on cold-b", || running(&raft, "w2").is_some_and(|(n, _, _)| n == "cold-b")).await;
+    assert_eq!(running(&raft, "w1").map(|(n, _, p)| (n, p)), Some(("cold-a".to_owned(), pid1)), "w1 untouched");
+
     sup.stop();
     raft.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -59,6 +59,7 @@ pub fn node_view(m: &Member) -> NodeView {
         load: m.load.processes,
         capacity: m.capacity,
         leaving: m.leaving,
+        settling: false,
     }
 }
 

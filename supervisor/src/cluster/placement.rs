@@ -65,6 +65,11 @@ pub struct NodeView {
     pub capacity: u64,
     /// It announced a graceful leave.
     pub leaving: bool,
+    /// The leader has not heard yet what it runs (a new leader's first list to it is
+    /// unanswered). [`place`] ignores this; `plan` holds back a child whose placement falls
+    /// on such a node until the node has answered (see `plan`).
+    #[serde(default)]
+    pub settling: bool,
 }
 
 impl NodeView {

@@ -9,6 +9,11 @@
 //! stale and orphaned incarnations are stopped, unreported starts are confirmed, and children
 //! missing from their node are marked exited so they restart.
 //!
+//! A node the leader has not heard from yet ([`NodeView::settling`](super::placement::NodeView::settling))
+//! stays in the view — its children are neither lost nor timed out for it — but a child whose
+//! placement falls on it waits: the placement is decided as it would be with every node
+//! heard, and only taken once the node chosen has answered.
+//!
 //! Both must only be called by a leader whose state machine has applied every committed entry:
 //! they decide from committed state only, and what they return is merely *proposed* — a leader
 //! that lost its leadership proposes into the void, and the nodes fence out its orders.
@@ -67,6 +72,11 @@ pub fn plan(state: &ClusterState, view: &View, now_ms: u64, cfg: &PlanConfig) ->
                         extra_load: Some(&extra),
                     };
                     match place(view, &c.spec.placement, hints) {
+                        // The node to place on has not told the leader yet what it runs: it
+                        // may still run this child's previous incarnation, and its load is
+                        // not known. Decide once it has answered (the shell bounds how long a
+                        // node stays settling).
+                        Ok(p) if view.get(&p.node).is_some_and(|n| n.settling) => {}
                         Ok(p) => {
                             *extra.entry(p.node.clone()).or_default() += 1;
                             *siblings.entry(p.node.clone()).or_default() += 1;

@@ -164,6 +164,52 @@ fn children_are_placed_by_provider_and_confirmed() {
 }
 
 #[test]
+fn a_placement_that_falls_on_a_settling_node_waits_for_it_and_others_go_ahead() {
+    let mut log = Log::new();
+    sup(
+        &mut log,
+        Strategy::OneForOne,
+        Intensity::default(),
+        &[child("a", RestartType::Permanent, &["anthropic"]), child("b", RestartType::Permanent, &["openai"])],
+    );
+    let mut v = cluster();
+    // A new leader has heard from no one yet: nothing is placed, and nothing is marked pending
+    // (which a view without those nodes would do).
+    for n in v.values_mut() {
+        n.settling = true;
+    }
+    assert_eq!(plan(&log.state, &v, 100, &PlanConfig::default()), vec![]);
+    // c1 (the only anthropic node) and c2 answered; c3 did not. `b` is placed as with every
+    // node heard (c2, first of the equally loaded openai nodes).
+    v.get_mut("c1").expect("c1").settling = false;
+    v.get_mut("c2").expect("c2").settling = false;
+    let cmds = plan(&log.state, &v, 100, &PlanConfig::default());
+    let placed: Vec<(&str, &str)> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Assign { child, node, .. } => Some((child.as_str(), node.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed, vec![("a", "c1"), ("b", "c2")]);
+    for c in cmds {
+        log.ok(c);
+    }
+    log.confirm_all();
+    // `b` crashes on c2 while c2 is settling again (a newer leader): its restart, which
+    // prefers c2, waits; c2's children are neither lost nor timed out meanwhile.
+    crash(&mut log, "b", 200);
+    v.get_mut("c2").expect("c2").settling = true;
+    assert_eq!(plan(&log.state, &v, 60_000, &PlanConfig::default()), vec![], "b waits for c2; a stays");
+    v.get_mut("c2").expect("c2").settling = false;
+    let cmds = plan(&log.state, &v, 60_000, &PlanConfig::default());
+    assert!(
+        matches!(&cmds[..], [Command::Assign { child, node, .. }] if child == "b" && node == "c2"),
+        "restarted in place once c2 answered: {cmds:?}"
+    );
+}
+
+#[test]
 fn a_crash_restarts_on_the_same_node_with_a_new_generation_and_old_reports_are_stale() {
     let mut log = Log::new();
     sup(&mut log, Strategy::OneForOne, Intensity::default(), &[child("a", RestartType::Permanent, &["openai"])]);
