@@ -115,6 +115,20 @@ async fn info_status_exiting_while_terminate_runs() {
     assert_eq!(within("exit", exited).await, ExitReason::Killed);
 }
 
+/// A peek returns at most `MAX_PEEK` messages, however many it asks for (G8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_is_bounded() {
+    let node = start("t-peek-bound");
+    let a = probe(&node, ProbeArgs::default());
+    node.suspend(a.pid()).unwrap();
+    let queued = soma::process::node::MAX_PEEK + 5;
+    for _ in 0..queued {
+        a.send(Cmd::Push(1)).unwrap();
+    }
+    assert_eq!(node.info(a.pid()).unwrap().mailbox_depth, queued);
+    assert_eq!(node.peek(a.pid(), usize::MAX).unwrap().len(), soma::process::node::MAX_PEEK);
+}
+
 /// peek shows queued messages as JSON, oldest first, with kind, sender and correlation —
 /// without consuming them: they are still handled, in order, after resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,10 +380,11 @@ pub(crate) struct Cell<B: Behaviour> {
 /// swap with the mailbox queue, or one bounded copy (`info` counts, `peek` clones at most its
 /// `max` messages and renders them after unlocking). Nothing that can block or await runs under
 /// it (a message's `Clone` is the only user code); the only lock taken under it is the
-/// mailbox's (lock order: inbox, then mailbox). The lock is not fair: against a runner busy
-/// with cheap messages a waiter may lose the race for a while, but at most until the runner
-/// yields (every 128 messages, see `runner::BUDGET`).
-pub(crate) type InboxSlot<B> = spin::mutex::SpinMutex<SegQueue<Envelope<B>>>;
+/// mailbox's (lock order: inbox, then mailbox), which can park the holder: waiters back off to
+/// the scheduler ([`Backoff`](super::lock::Backoff)). The lock is not fair: against a runner
+/// busy with cheap messages a waiter may lose the race for a while, but at most until the
+/// runner yields (every 128 messages, see `runner::BUDGET`).
+pub(crate) type InboxSlot<B> = super::lock::SpinLock<SegQueue<Envelope<B>>>;
 
 /// Why a push was refused.
 pub(crate) enum PushError<B: Behaviour> {

@@ -4,6 +4,7 @@ pub mod behaviour;
 pub(crate) mod cell;
 pub mod context;
 pub mod introspect;
+pub(crate) mod lock;
 pub mod node;
 pub(crate) mod queue;
 pub(crate) mod runner;

@@ -23,21 +23,30 @@ use super::cell::{
 use super::introspect::{ProcessInfo, TreeNode};
 use super::trace::{TraceEvent, TraceKind, TraceRing};
 
+/// Most queued messages one [`Node::peek`] returns (G8: what the process waits for while they
+/// are cloned is bounded).
+pub const MAX_PEEK: usize = 10_000;
+
 /// Shards of the process table; a process lives in shard `serial % SHARDS`.
 const SHARDS: usize = 64;
 /// `log2(SHARDS)`: a shard's serials differ in the bits above these.
 const SHARD_BITS: u32 = SHARDS.trailing_zeros();
 const _: () = assert!(SHARDS.is_power_of_two(), "the serial hash drops the shard bits");
 
-/// The process table's hasher, for serials only.
+/// The process table's hasher, for serials only (64-bit targets; see [`SerialMap`]).
 ///
 /// Serials are handed out in order, so a shard's live serials are mostly a dense run. The hash
-/// keeps that order in its low bits (`serial / SHARDS`), which pick the bucket: consecutive
-/// spawns fill consecutive buckets, and a burst of spawns writes the table sequentially
-/// instead of missing the cache once per insert (FxHash scattered them: ~17% of a spawn's
-/// time in 1M-process runs was the insert). The top 7 bits, which the table keeps as a tag
-/// to compare before the key, come from a multiplicative hash, so a probe still rules out
-/// nearly every other slot of its group without reading it.
+/// keeps runs of 16 of a shard's consecutive serials (`serial / SHARDS`) in 16 consecutive
+/// buckets — one probe group of the table — and scatters the runs with a multiplicative hash.
+/// A burst of spawns thus writes each group's cache lines in a row instead of missing the
+/// cache once per insert (FxHash scattered every insert: ~17% of a spawn's time in
+/// 1M-process runs). Scattering the runs matters as much: keeping *all* of a shard's serials
+/// in order made its live serials one long run of full groups, and an open-addressing table
+/// probes until it finds a group with an empty slot — a lookup of a dead PID in the middle of
+/// the run, or an insert after the serials wrapped around the table, visited ~30–40 groups.
+/// The top 7 bits, which the table keeps as a tag to compare before the key, come from a
+/// multiplicative hash of the whole serial, so a probe rules out nearly every other slot of
+/// its group without reading it.
 #[derive(Default, Clone, Copy)]
 struct SerialHasher(u64);
 
@@ -46,11 +55,11 @@ impl std::hash::Hasher for SerialHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed; this keeps the trait's contract for anything else.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-        self.0 = mix_serial(self.0);
+        // Only `u64` keys are hashed here; anything else gets FxHash, mixed the same way.
+        let mut fx = rustc_hash::FxHasher::default();
+        fx.write_u64(self.0);
+        fx.write(bytes);
+        self.0 = mix_serial(fx.finish());
     }
     #[inline]
     fn write_u64(&mut self, serial: u64) {
@@ -60,11 +69,22 @@ impl std::hash::Hasher for SerialHasher {
 
 #[inline]
 fn mix_serial(serial: u64) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
     const TAG: u64 = 0x7f << 57;
-    (serial >> SHARD_BITS) ^ (serial.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG)
+    let i = serial >> SHARD_BITS;
+    // The high half of the product: every bit of it depends on every bit of `i >> 4` below 32.
+    let run = (i >> 4).wrapping_mul(K) >> 32;
+    let bucket = (run << 4) | (i & 15);
+    (bucket & !TAG) | (serial.wrapping_mul(K) & TAG)
 }
 
+/// The process table's map. On 64-bit targets the table takes the bucket from the low bits of
+/// the hash and the tag from the top 7; elsewhere the tag would come from bits the serial hash
+/// leaves in order, so those targets use FxHash.
+#[cfg(target_pointer_width = "64")]
 type SerialMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<SerialHasher>>;
+#[cfg(not(target_pointer_width = "64"))]
+type SerialMap<V> = FxHashMap<u64, V>;
 
 /// Configuration of a node's process runtime.
 #[derive(Debug, Clone)]
@@ -564,12 +584,15 @@ impl Node {
         self.shared.lookup(pid).map(|p| p.info()).ok_or(IntrospectError::NoProc(pid))
     }
 
-    /// Up to `max` queued messages, oldest first, as JSON — without consuming them.
+    /// Up to `max` (at most [`MAX_PEEK`]) queued messages, oldest first, as JSON — without
+    /// consuming them.
     ///
     /// The queued messages are cloned under the process's inbox and mailbox locks and rendered
-    /// after: the process's runner and its senders wait for at most `max` clones, so keep `max`
-    /// modest on a busy process (the admin API caps it at 1,000).
+    /// after: the process's runner and its senders wait for those clones, so keep `max` modest
+    /// on a busy process (the admin API caps it at 1,000). A message type's `Clone` must not
+    /// call into the runtime (send, spawn, introspect): it runs under those locks.
     pub fn peek(&self, pid: Pid, max: usize) -> Result<Vec<serde_json::Value>, IntrospectError> {
+        let max = max.min(MAX_PEEK);
         self.shared.lookup(pid).map(|p| p.peek_json(max)).ok_or(IntrospectError::NoProc(pid))
     }
 
@@ -1218,16 +1241,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_serial_hash_keeps_a_shards_serials_in_order_and_spreads_the_tag() {
-        let shard_serials = (0..1024u64).map(|i| 7 + i * SHARDS as u64);
-        let hashes: Vec<u64> = shard_serials.map(mix_serial).collect();
+    fn the_serial_hash_fills_a_group_per_run_of_16_scatters_the_runs_and_spreads_the_tag() {
+        let shard_serials: Vec<u64> = (0..4096u64).map(|i| 7 + i * SHARDS as u64).collect();
+        let hashes: Vec<u64> = shard_serials.iter().map(|&s| mix_serial(s)).collect();
         let tag = |h: u64| h >> 57;
-        let low = |h: u64| h & ((1 << 57) - 1);
-        for (i, pair) in hashes.windows(2).enumerate() {
-            assert_eq!(low(pair[1]), low(pair[0]) + 1, "consecutive buckets at {i}");
+        let bucket = |h: u64| h & ((1 << 57) - 1);
+        for (run, hs) in hashes.chunks(16).enumerate() {
+            for (j, &h) in hs.iter().enumerate() {
+                assert_eq!(bucket(h), bucket(hs[0]) + j as u64, "run {run}: consecutive buckets");
+            }
+            assert_eq!(bucket(hs[0]) % 16, 0, "a run starts a group");
         }
+        // The runs' groups, in a table of 8,192 buckets (512 groups): spread, not in a row.
+        let groups: std::collections::BTreeSet<u64> = hashes.chunks(16).map(|hs| (bucket(hs[0]) & 8191) / 16).collect();
+        assert!(groups.len() > 256 * 6 / 10, "256 runs land in {} distinct groups of 512", groups.len());
+        let in_a_row = hashes.chunks(16).map(|hs| (bucket(hs[0]) & 8191) / 16).collect::<Vec<_>>();
+        let adjacent = in_a_row.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(adjacent < 16, "{adjacent} of 255 consecutive runs are neighbours");
         let tags: std::collections::BTreeSet<u64> = hashes.iter().map(|&h| tag(h)).collect();
-        assert!(tags.len() > 100, "the tags of 1,024 serials take {} of 128 values", tags.len());
+        assert_eq!(tags.len(), 128, "the tags of 4,096 serials take every value");
+        for hs in hashes.chunks(16) {
+            let in_run: std::collections::BTreeSet<u64> = hs.iter().map(|&h| tag(h)).collect();
+            assert!(in_run.len() > 8, "a run's 16 keys share a tag too often: {} tags", in_run.len());
+        }
     }
 
     #[test]
@@ -1240,9 +1276,13 @@ mod tests {
             assert_eq!(m.get(&s), Some(&(s * 2)));
             assert_eq!(m.get(&(s + 1)), None);
         }
-        // Keys of other types still hash (the trait's byte path).
-        let mut h = SerialHasher::default();
-        std::hash::Hasher::write(&mut h, b"soma");
-        assert_ne!(std::hash::Hasher::finish(&h), 0);
+        // Keys of other types still hash, and tell different keys apart (the byte path).
+        let hash = |b: &[u8]| {
+            let mut h = SerialHasher::default();
+            std::hash::Hasher::write(&mut h, b);
+            std::hash::Hasher::finish(&h)
+        };
+        assert_ne!(hash(b"soma"), hash(b"somb"));
+        assert_ne!(hash(b"ab"), hash(b"ba"));
     }
 }

@@ -216,7 +216,7 @@ pub struct TraceEvent {
 /// stores to drain). Readers (trace read, streams, info) are rare and hold it just as briefly,
 /// so a waiter spins for at most one push or one bounded read. Nothing that can block or take
 /// another lock of the process runs under it.
-pub(crate) type TraceSlot = spin::mutex::SpinMutex<Option<Box<TraceRing>>>;
+pub(crate) type TraceSlot = super::lock::SpinLock<Option<Box<TraceRing>>>;
 
 /// The bounded ring of one process's trace events.
 ///
