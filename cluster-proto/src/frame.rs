@@ -35,8 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::{CorrelationId, ExitReason, MonitorRef};
 
-/// The wire protocol version, sent in the handshake. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The wire protocol version, sent in the handshake. Bumped on any incompatible change; nodes of
+/// different versions refuse each other at the handshake instead of misreading frames.
+///
+/// 2: remote spawn is an RPC service (tags 0x21/0x22 retired, `SpawnRequest` without its id).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Explicit limits of the codec (**G8**). Both ends enforce their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

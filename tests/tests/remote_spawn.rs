@@ -125,14 +125,15 @@ async fn remote_spawn_errors_are_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_an_unanswered_spawn_times_out_and_one_waiting_on_a_lost_connection_fails_at_once() {
     let ca = TestCa::new();
-    let (a, b) = (ca.node("a", 1), ca.node("b", 1));
+    // A silent connection stays up for a minute: only the test decides when it is lost.
+    let patient = |name: &str| soma::DistConfig { idle_timeout: Duration::from_secs(60), ..ca.config(name) };
+    let (a, b) = (ca.node_with("a", 1, patient("a")), ca.node_with("b", 1, patient("b")));
     b.register_behaviour::<Worker>().expect("register");
     let relay = Relay::start(b.local_addr().expect("distributed")).await;
     // Only a knows where b is (through the relay), so the relay carries it all.
     a.add_peer("b", relay.addr());
     let args = WorkerArgs { model: "x".into(), fail_init: false };
     within("spawn through the relay", a.spawn_on::<Worker>("b", &args, Default::default())).await.expect("spawned");
-    // Silent (no close): the connection stays up until the idle timeout (1 s).
     relay.cut();
     let short = Duration::from_millis(100);
     let opts = RemoteSpawnOpts { timeout: short, ..RemoteSpawnOpts::default() };
@@ -140,12 +141,21 @@ async fn g3_an_unanswered_spawn_times_out_and_one_waiting_on_a_lost_connection_f
         within("the short spawn", a.spawn_on::<Worker>("b", &args, opts)).await,
         Err(RemoteSpawnError::Timeout("b".into(), short))
     );
-    // Its own timeout is a minute; `within` allows 5 s.
+    assert_eq!(a.dist_stats().expect("stats").rpc_pending, 0, "a timed-out request is forgotten");
+    // Its own timeout is a minute; `within` allows 5 s. It waits on the (silent) connection
+    // until that connection is dropped.
     let opts = RemoteSpawnOpts { timeout: Duration::from_secs(60), ..RemoteSpawnOpts::default() };
+    let waiting = tokio::spawn({
+        let (a, args) = (a.clone(), args.clone());
+        async move { a.spawn_on::<Worker>("b", &args, opts).await }
+    });
+    eventually("the spawn is waiting", || a.dist_stats().is_some_and(|s| s.rpc_pending == 1)).await;
+    assert!(a.disconnect("b"), "a was connected to b");
     assert_eq!(
-        within("the waiting spawn failing", a.spawn_on::<Worker>("b", &args, opts)).await,
+        within("the waiting spawn failing", waiting).await.expect("task"),
         Err(RemoteSpawnError::NoConnection("b".into()))
     );
+    assert_eq!(a.dist_stats().expect("stats").rpc_pending, 0);
     assert_eq!(b.dist_stats().expect("stats").protocol_errors, 0);
 }
 

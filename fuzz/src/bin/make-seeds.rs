@@ -147,7 +147,7 @@ fn main() {
     write(hs_dir, "confirm_replace", &encode_confirm(&Confirm { replace: true }));
     write(hs_dir, "confirm_keep", &encode_confirm(&Confirm { replace: false }));
     let rejects = [
-        RejectReason::Version { ours: PROTOCOL_VERSION, theirs: 2 },
+        RejectReason::Version { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 },
         RejectReason::WrongCluster { ours: "c1".into(), theirs: "c2".into() },
         RejectReason::BadName("bad name".into()),
         RejectReason::NotInCertificate("b".into()),

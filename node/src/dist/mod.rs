@@ -354,7 +354,7 @@ impl Dist {
     }
 
     pub(crate) fn stats(&self) -> DistStats {
-        self.stats.snapshot()
+        DistStats { rpc_pending: self.rpcs.pending_len() as u64, ..self.stats.snapshot() }
     }
 
     pub(crate) fn connected(&self) -> Vec<NodeId> {

@@ -84,6 +84,11 @@ impl Rpcs {
     pub(crate) fn peer_lost(&self, peer: &str) {
         self.pending.lock().retain(|_, (p, _)| &**p != peer);
     }
+
+    /// Requests waiting for their answers.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.lock().len()
+    }
 }
 
 impl Dist {

@@ -60,6 +60,9 @@ pub struct DistStats {
     pub direct_writes: u64,
     /// Calls from peers run on the stream reader's task (the callee was idle).
     pub inline_calls: u64,
+    /// Requests to other nodes (RPCs: remote spawns, admin, Raft, children orders) waiting for
+    /// their answers now (a gauge, not a count).
+    pub rpc_pending: u64,
 }
 
 impl Stats {
@@ -82,6 +85,7 @@ impl Stats {
             handshake_failures: g(&self.handshake_failures),
             direct_writes: g(&self.direct_writes),
             inline_calls: g(&self.inline_calls),
+            rpc_pending: 0,
         }
     }
 }
