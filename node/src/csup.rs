@@ -451,6 +451,7 @@ async fn run(
 ) {
     let cfg = PlanConfig::default();
     let mut was_leader = false;
+    let mut led_term: Option<u64> = None;
     // Which leadership this is (answers to an earlier one's lists are dropped), and the nodes
     // that have not answered its first list yet: until they do, they are settling for `plan`
     // (nothing new is placed on them) and their confirmed starts are held back, so that what
@@ -469,10 +470,15 @@ async fn run(
             },
             _ = tokio::time::sleep(ROUND) => None,
         };
-        let leader = raft.is_leader();
-        if !leader {
+        let Some(term) = raft.leader_term() else {
             was_leader = false;
             continue;
+        };
+        // A newer term is a new leadership, even if this loop never saw the old one end (it
+        // was lost and regained between two rounds, or during a proposal): reconcile again.
+        if led_term != Some(term) {
+            led_term = Some(term);
+            was_leader = false;
         }
         let mut proposals: Vec<Command> = Vec::new();
         match event {

@@ -256,6 +256,13 @@ impl RaftNode {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// The current term, if this node is its leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
     /// Proposes `cmd`; answers once it is committed and applied here.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
         self.raft.client_write(cmd).await.map(|r| r.data).map_err(write_error)
