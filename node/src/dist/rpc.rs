@@ -7,8 +7,9 @@
 //!
 //! A node asks service `service` of peer `node` with [`Dist::rpc`]: an [`RpcRequest`] (tag
 //! `RPC`) on the control lane; the peer looks the service up, serves it **on its own task**
-//! (never on the connection's reader; at most [`MAX_SERVING`] at once, more are refused as
-//! `Busy`) and answers with an [`RpcReply`] (tag `RPC_REPLY`) sent to the exact incarnation
+//! (never on the connection's reader; at most [`MAX_SERVING`] of a service at once, more are
+//! refused as `Busy`; the bounds are per service, so a burst of remote spawns never starves
+//! Raft) and answers with an [`RpcReply`] (tag `RPC_REPLY`) sent to the exact incarnation
 //! that asked. The asker waits with a timeout; if its connection to the peer ends meanwhile,
 //! the wait fails at once with [`RpcError::NoConnection`] (as pending calls do, G3).
 //!
@@ -31,9 +32,11 @@ use tokio::sync::oneshot;
 
 use super::Dist;
 
-/// Most requests served at once by a node, over all services (G8).
+/// Most requests of one service served at once by a node (G8). Per service, so that a burst
+/// of one (remote spawns, admin requests) never makes a node refuse another (Raft).
 pub const MAX_SERVING: usize = 1024;
-/// Most requests from a node waiting for their replies (G8).
+/// Most requests to one service of other nodes waiting for their replies, from one node (G8;
+/// per service, as [`MAX_SERVING`]).
 pub const MAX_PENDING: usize = 4096;
 
 /// The future a service returns.
@@ -71,30 +74,79 @@ type AnswerTx = oneshot::Sender<(NodeId, Result<Vec<u8>, RpcRefused>)>;
 /// The services of a node and its requests in flight.
 #[derive(Default)]
 pub(crate) struct Rpcs {
-    services: RwLock<FxHashMap<u16, Arc<dyn RpcService>>>,
-    /// Request id → (the node asked, where its answer goes).
-    pending: Mutex<FxHashMap<u64, (Arc<str>, AnswerTx)>>,
+    /// Service number → the service and how many of its requests are being served.
+    services: RwLock<FxHashMap<u16, Installed>>,
+    /// The requests waiting for their answers.
+    pending: Mutex<Pending>,
     next: AtomicU64,
-    serving: Arc<AtomicUsize>,
 }
 
 impl Rpcs {
     /// Fails every request waiting on `peer` (its connection is gone): their senders are
     /// dropped, so their waits end with `NoConnection`.
     pub(crate) fn peer_lost(&self, peer: &str) {
-        self.pending.lock().retain(|_, (p, _)| &**p != peer);
+        self.pending.lock().retain(|p| p != peer);
     }
 
     /// Requests waiting for their answers.
     pub(crate) fn pending_len(&self) -> usize {
-        self.pending.lock().len()
+        self.pending.lock().by_id.len()
+    }
+}
+
+/// An installed service and how many of its requests are being served.
+type Installed = (Arc<dyn RpcService>, Arc<AtomicUsize>);
+
+/// A request waiting for its answer: the node asked, the service, where the answer goes.
+type Waiting = (Arc<str>, u16, AnswerTx);
+
+/// The requests waiting for answers, and how many per service (for [`MAX_PENDING`]).
+#[derive(Default)]
+struct Pending {
+    by_id: FxHashMap<u64, Waiting>,
+    per_service: FxHashMap<u16, usize>,
+}
+
+impl Pending {
+    /// Adds a request unless its service has [`MAX_PENDING`] waiting already.
+    fn insert(&mut self, id: u64, w: Waiting) -> bool {
+        let n = self.per_service.entry(w.1).or_default();
+        if *n >= MAX_PENDING {
+            return false;
+        }
+        *n += 1;
+        self.by_id.insert(id, w);
+        true
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Waiting> {
+        let w = self.by_id.remove(&id)?;
+        self.uncount(w.1);
+        Some(w)
+    }
+
+    /// Keeps the requests whose node `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<u64> = self.by_id.iter().filter(|(_, w)| !keep(&w.0)).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
+    fn uncount(&mut self, service: u16) {
+        if let Some(n) = self.per_service.get_mut(&service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_service.remove(&service);
+            }
+        }
     }
 }
 
 impl Dist {
     /// Installs (or replaces) the service numbered `service`.
     pub(crate) fn set_rpc_service(&self, service: u16, s: Arc<dyn RpcService>) {
-        self.rpcs.services.write().insert(service, s);
+        self.rpcs.services.write().insert(service, (s, Arc::new(AtomicUsize::new(0))));
     }
 
     /// Asks service `service` of node `node`; returns the answering incarnation and its answer.
@@ -117,20 +169,15 @@ impl Dist {
         let mut frame = Vec::with_capacity(body.len() + 16);
         encode_payload(&mut frame, &RpcRequest { id, service, body })
             .map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        let rx = {
-            let mut p = self.rpcs.pending.lock();
-            if p.len() >= MAX_PENDING {
-                return Err(RpcError::Busy);
-            }
-            let (tx, rx) = oneshot::channel();
-            p.insert(id, (Arc::from(node), tx));
-            rx
-        };
+        let (tx, rx) = oneshot::channel();
+        if !self.rpcs.pending.lock().insert(id, (Arc::from(node), service, tx)) {
+            return Err(RpcError::Busy);
+        }
         // Removes the entry however this future ends (answer, timeout, or being dropped).
         struct Forget<'a>(&'a Rpcs, u64);
         impl Drop for Forget<'_> {
             fn drop(&mut self) {
-                self.0.pending.lock().remove(&self.1);
+                self.0.pending.lock().remove(self.1);
             }
         }
         let _forget = Forget(&self.rpcs, id);
@@ -154,10 +201,9 @@ impl Dist {
                 return tracing::warn!(peer = %from, error = %e, "dropped an RPC request that does not decode");
             }
         };
-        let Some(service) = self.rpcs.services.read().get(&req.service).cloned() else {
+        let Some((service, serving)) = self.rpcs.services.read().get(&req.service).cloned() else {
             return self.reply_rpc(from, RpcReply { id: req.id, result: Err(RpcRefused::UnknownService(req.service)) });
         };
-        let serving = Arc::clone(&self.rpcs.serving);
         if serving.fetch_add(1, Ordering::AcqRel) >= MAX_SERVING {
             serving.fetch_sub(1, Ordering::AcqRel);
             return self.reply_rpc(from, RpcReply { id: req.id, result: Err(RpcRefused::Busy(MAX_SERVING as u32)) });
@@ -204,10 +250,10 @@ impl Dist {
     pub(crate) fn complete_rpc(&self, from: NodeId, body: &[u8]) {
         match decode_payload::<RpcReply>(body) {
             Ok(rep) => {
-                let waiting = self.rpcs.pending.lock().remove(&rep.id);
+                let waiting = self.rpcs.pending.lock().remove(rep.id);
                 match waiting {
                     // Only the node asked may answer (a reply id from another peer is ignored).
-                    Some((peer, tx)) if *peer == *from.name() => {
+                    Some((peer, _, tx)) if *peer == *from.name() => {
                         let _ = tx.send((from, rep.result));
                     }
                     Some(entry) => {
@@ -223,5 +269,31 @@ impl Dist {
                 tracing::warn!(peer = %from, error = %e, "dropped an RPC reply that does not decode");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(node: &str, service: u16) -> Waiting {
+        (Arc::from(node), service, oneshot::channel().0)
+    }
+
+    #[test]
+    fn the_pending_bound_is_per_service_and_counts_follow_removals() {
+        let mut p = Pending::default();
+        for id in 0..MAX_PENDING as u64 {
+            assert!(p.insert(id, waiting("b", 4)));
+        }
+        assert!(!p.insert(u64::MAX, waiting("b", 4)), "spawns are at their bound");
+        assert!(p.insert(u64::MAX, waiting("b", 2)), "Raft is not held up by them");
+        assert!(p.remove(0).is_some());
+        assert!(p.insert(0, waiting("c", 4)), "a slot freed is reusable");
+        p.retain(|node| node != "b");
+        assert_eq!(p.by_id.len(), 1, "only c's request is left");
+        assert_eq!(p.per_service.get(&4), Some(&1));
+        assert_eq!(p.per_service.get(&2), None);
+        assert!(p.remove(7).is_none(), "an unknown id changes nothing");
     }
 }

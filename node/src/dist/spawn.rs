@@ -11,8 +11,8 @@
 //! On the wire, the request body is an encoded [`SpawnRequest`] and the answer an encoded
 //! `Result<u64, SpawnRefused>`: the new process's serial on the incarnation that answered
 //! (which the RPC layer names, so the returned PID is that incarnation's). Everything else is
-//! the RPC layer's: serving on its own task (at most [`MAX_SERVING`] requests of all services
-//! at once, more are refused), the bound on requests waiting for replies ([`MAX_PENDING`]), the
+//! the RPC layer's: serving on its own task (at most [`MAX_SERVING`] spawns at once, more are
+//! refused), the bound on spawns waiting for replies ([`MAX_PENDING`]), the
 //! timeout, a wait failing at once with `NoConnection` when the connection to the node is lost,
 //! and only the node asked answering.
 //!
@@ -38,11 +38,9 @@ use crate::process::node::{NodeShared, SpawnError, SpawnOpts};
 
 /// The RPC service number of remote spawn (next to admin = 1, Raft = 2, children = 3).
 pub const SPAWN_SERVICE: u16 = 4;
-/// Most spawn requests from a node waiting for replies: the RPC layer's bound, shared with its
-/// other services (G8).
+/// Most spawn requests from a node waiting for replies: the RPC layer's bound, per service (G8).
 pub use super::rpc::MAX_PENDING;
-/// Most spawn requests served at once by a node: the RPC layer's bound, shared with its other
-/// services (G8).
+/// Most spawn requests served at once by a node: the RPC layer's bound, per service (G8).
 pub use super::rpc::MAX_SERVING;
 /// Most registered behaviours.
 pub const MAX_BEHAVIOURS: usize = 4096;
@@ -80,7 +78,7 @@ pub enum RemoteSpawnError {
     /// No answer in time.
     #[error("no answer from {0} within {1:?}")]
     Timeout(String, Duration),
-    /// Too many requests to other nodes (spawns and other RPCs) are waiting for replies.
+    /// Too many remote spawns of this node are waiting for replies ([`MAX_PENDING`]).
     #[error("too many remote spawns in progress")]
     Busy,
     /// The arguments could not be encoded, or the request is malformed (name or label length,
