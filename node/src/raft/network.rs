@@ -24,7 +24,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{RPCTypes, Raft};
+use openraft::storage::RaftLogStorage;
+
+use super::store::LogStore;
+use openraft::{LogId, RPCTypes, Raft};
 use serde::{Deserialize, Serialize};
 
 use super::{RaftMember, TypeConfig};
@@ -49,9 +52,9 @@ enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// soma's pre-vote question: "when did you last hear from a leader?" (see
-    /// [`node`](super::node)'s docs).
-    PreVote,
+    /// soma's pre-vote question: "when did you last hear from a leader?", with the asker's
+    /// last log id (see [`node`](super::node)'s docs).
+    PreVote(Option<LogId<NodeId>>),
 }
 
 /// A Raft answer on the wire.
@@ -62,7 +65,8 @@ enum Answer {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// The node is not the member the request was for (it is this one).
     WrongMember(NodeId),
-    /// Milliseconds since the node last accepted a leader's request (0: it is the leader;
+    /// Milliseconds since the node last accepted a leader's request (0: it is the leader, or
+    /// the asker's log is behind its own — such a candidate cannot win the vote, Raft §5.4.1;
     /// `None`: never since it started).
     PreVote(Option<u64>),
 }
@@ -93,9 +97,10 @@ pub(crate) async fn pre_vote(
     name: &str,
     to: NodeId,
     timeout: std::time::Duration,
+    last_log: Option<LogId<NodeId>>,
 ) -> Option<Option<u64>> {
     let mut body = Vec::new();
-    encode_payload(&mut body, &Addressed { to, req: Request::PreVote }).ok()?;
+    encode_payload(&mut body, &Addressed { to, req: Request::PreVote(last_log) }).ok()?;
     let (_, answer) = dist.rpc(name, RAFT_SERVICE, body, timeout).await.ok()?;
     match decode_payload::<Answer>(&answer).ok()? {
         Answer::PreVote(since) => Some(since),
@@ -209,11 +214,25 @@ pub(crate) struct Service {
     pub(crate) me: NodeId,
     /// Updated on every leader request accepted.
     pub(crate) contact: Arc<LeaderContact>,
+    /// The node's Raft log (read for pre-votes: whose log is further).
+    pub(crate) log: LogStore,
+}
+
+/// The last log id of `log` (`None`: empty, or it could not be read).
+pub(crate) async fn last_log_id(log: &LogStore) -> Option<LogId<NodeId>> {
+    let mut log = log.clone();
+    match log.get_log_state().await {
+        Ok(state) => state.last_log_id,
+        Err(e) => {
+            tracing::warn!(error = %e, "Raft log state not readable");
+            None
+        }
+    }
 }
 
 impl RpcService for Service {
     fn serve(&self, from: SomaNodeId, body: Vec<u8>) -> RpcFuture {
-        let (raft, me, contact) = (self.raft.clone(), self.me, Arc::clone(&self.contact));
+        let (raft, me, contact, log) = (self.raft.clone(), self.me, Arc::clone(&self.contact), self.log.clone());
         Box::pin(async move {
             let Addressed { to, req } =
                 decode_payload(&body).map_err(|e| format!("Raft request from {from} does not decode: {e}"))?;
@@ -244,9 +263,13 @@ impl RpcService for Service {
                     }
                     Answer::Snapshot(answer)
                 }
-                Request::PreVote => {
+                Request::PreVote(theirs) => {
                     let leader = raft.metrics().borrow().state == openraft::ServerState::Leader;
-                    Answer::PreVote(if leader {
+                    // A vote goes only to a candidate whose log is at least as far as the
+                    // voter's: one behind would campaign for nothing, and its term would make
+                    // the one who can win wait another election timeout.
+                    let behind = !leader && last_log_id(&log).await > theirs;
+                    Answer::PreVote(if leader || behind {
                         Some(0)
                     } else {
                         contact.since().map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
