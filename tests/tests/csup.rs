@@ -99,10 +99,22 @@ fn cold_child(id: &str, behaviour: &str, args: &str, providers: &[&str]) -> Chil
 
 /// Raft (a group of one) and the cluster supervisor on `hot`, with a supervisor `agents`.
 async fn supervise(hot: &Member, dir: &PathBuf) -> (RaftNode, ClusterSupervisor) {
+    let raft = raft_leader(hot, dir).await;
+    let sup = supervisor(hot, &raft, CsupConfig::default()).await;
+    (raft, sup)
+}
+
+/// Raft on `hot` (a group of one, its store in a fresh `dir`), once it leads.
+async fn raft_leader(hot: &Member, dir: &PathBuf) -> RaftNode {
     let _ = std::fs::remove_dir_all(dir);
     let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
     until("a leader", || raft.is_leader()).await;
-    let sup = ClusterSupervisor::start(&hot.node, &hot.membership, &raft, &hot.children).expect("supervisor");
+    raft
+}
+
+/// The cluster supervisor on `hot`, with a supervisor `agents`.
+async fn supervisor(hot: &Member, raft: &RaftNode, config: CsupConfig) -> ClusterSupervisor {
+    let sup = ClusterSupervisor::start_with(&hot.node, &hot.membership, raft, &hot.children, config).expect("sup");
     sup.propose(Command::CreateSupervisor(SupSpec {
         name: "agents".into(),
         strategy: Strategy::OneForOne,
@@ -110,7 +122,7 @@ async fn supervise(hot: &Member, dir: &PathBuf) -> (RaftNode, ClusterSupervisor)
     }))
     .await
     .expect("create");
-    (raft, sup)
+    sup
 }
 
 /// Supervision on `hot` with one child, `w1` (a `demo.counter` pinned to `openai`), running:
@@ -252,20 +264,10 @@ async fn g6_a_new_leader_places_children_while_a_node_it_asked_does_not_answer()
     let cold_b = member_with(&ca, "cold-b", Role::Cold, &["openai", "anthropic"], Some(&hot.node), patient).await;
     until("membership converged", || hot.membership.len() == 3).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("soma-csup-unheard-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let raft = RaftNode::start(&hot.node, &hot.membership, RaftConfig::new(dir.clone(), 1)).await.expect("raft");
-    until("a leader", || raft.is_leader()).await;
+    let raft = raft_leader(&hot, &dir).await;
 
     cold_b.fault.cut();
-    let config = CsupConfig { order_timeout: FOREVER };
-    let sup = ClusterSupervisor::start_with(&hot.node, &hot.membership, &raft, &hot.children, config).expect("sup");
-    sup.propose(Command::CreateSupervisor(SupSpec {
-        name: "agents".into(),
-        strategy: Strategy::OneForOne,
-        intensity: Intensity::new(10, 10_000),
-    }))
-    .await
-    .expect("create");
+    let sup = supervisor(&hot, &raft, CsupConfig { order_timeout: FOREVER }).await;
     // w2 can only go to cold-b; w1 goes to cold-a (of two equally loaded openai nodes, the
     // first by name) whether or not cold-b answered.
     let w2 = cold_child("w2", "demo.counter", "1", &["anthropic"]);
