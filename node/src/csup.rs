@@ -500,8 +500,7 @@ async fn run(
             // next leader change. Only the stops: what it should run is `plan`'s to decide.
             Some(Event::NodeUp(name)) if was_leader => {
                 // A node back under the same name while unheard: ask the new incarnation.
-                if unheard.idle(&name) {
-                    unheard.asking(&name);
+                if unheard.ask_again(&name) {
                     spawn_first_list(&orders, &tx, epoch, name.clone());
                 }
                 spawn_list(&orders, &tx, name)
@@ -563,8 +562,7 @@ async fn run(
         if was_leader && last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = tokio::time::Instant::now();
             for (name, _) in view_of(&membership) {
-                if unheard.idle(&name) {
-                    unheard.asking(&name);
+                if unheard.ask_again(&name) {
                     spawn_first_list(&orders, &tx, epoch, name.clone());
                 }
                 spawn_list(&orders, &tx, name);
@@ -663,14 +661,15 @@ impl Unheard {
         self.nodes.contains_key(node)
     }
 
-    /// Unheard, and no list to it in flight (the last one failed).
-    fn idle(&self, node: &str) -> bool {
-        self.nodes.get(node) == Some(&false)
-    }
-
-    fn asking(&mut self, node: &str) {
-        if let Some(a) = self.nodes.get_mut(node) {
-            *a = true;
+    /// Whether to ask `node` again: unheard, and no list to it in flight (the last one
+    /// failed). If so, it counts as being asked from now on.
+    fn ask_again(&mut self, node: &str) -> bool {
+        match self.nodes.get_mut(node) {
+            Some(asking @ false) => {
+                *asking = true;
+                true
+            }
+            _ => false,
         }
     }
 
